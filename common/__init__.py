@@ -1,0 +1,1 @@
+"""Shared code of the bundle collection: RW maps, losses, transforms, networks, engines helpers."""
