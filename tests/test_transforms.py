@@ -52,7 +52,8 @@ def test_map_types_and_numpy_input():
     label = make_label(seed=1)
     data = {"label": label[None]}
     np.testing.assert_array_equal(RRWMapd(num_classes=4, spacing=SPACING)(data)["rw_map"], rrw_map(label, 4, SPACING))
-    np.testing.assert_array_equal(BoundaryMapd(num_classes=4, offset=1.0)(data)["rw_map"], boundary_map(label, 4, None, 1))
+    boundary = BoundaryMapd(num_classes=4, offset=1.0)(data)["rw_map"]
+    np.testing.assert_array_equal(boundary, boundary_map(label, 4, offset=1.0))
     np.testing.assert_array_equal(ActiveContourMapd(num_classes=4)(data)["rw_map"], active_contour_map(label, 4))
     generic = RWMapd(num_classes=4, map_type="active_contour", spacing_from_affine=True)  # spacing ignored for AC
     np.testing.assert_array_equal(generic(data)["rw_map"], active_contour_map(label, 4))
