@@ -1,0 +1,6 @@
+"""Networks of the papers, built on MONAI blocks."""
+
+from common.networks.sa_unet import SAUNet
+from common.networks.wong_net import GaussianNoise, WongNet3D
+
+__all__ = ["GaussianNoise", "SAUNet", "WongNet3D"]

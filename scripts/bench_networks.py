@@ -1,0 +1,84 @@
+"""Parameters and inference time of ``WongNet3D`` against MONAI ``VNet`` (and ``SAUNet``), side by side in one run.
+
+Each network (eval mode, ``torch.inference_mode``) segments one ``1 x 1 x side^3`` volume per round; the networks
+run round-robin so that load from other processes hits all of them alike, and the table gives the median over
+rounds. Targets: ``WongNet3D`` has 4.5-5.5 M parameters (1 input channel, 20 classes) and takes at most 0.4x the
+time of ``VNet``; on a GPU the paper reports about 0.4 s at 128^3 (aim: 0.05 s on an H100).
+
+    python scripts/bench_networks.py                        # 128^3 and 96^3 on CPU: about 5 minutes on 2 cores
+    python scripts/bench_networks.py --sides 64 --repeats 2 # smoke run
+    python scripts/bench_networks.py --device cuda          # on a GPU (add --half for float16 autocast)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import torch
+from bench_losses import interleaved_medians
+from monai.networks.nets import VNet
+
+from common.networks import SAUNet, WongNet3D
+
+TARGET_RATIO = 0.4
+PARAMETER_RANGE = (4.5e6, 5.5e6)
+
+
+def parameter_count(network: torch.nn.Module) -> int:
+    return sum(parameter.numel() for parameter in network.parameters())
+
+
+def infer(network: torch.nn.Module, image: torch.Tensor, half: bool) -> None:
+    autocast = torch.autocast(image.device.type, dtype=torch.float16) if half else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        network(image)
+    if image.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sides", type=int, nargs="+", default=[128, 96])
+    parser.add_argument("--classes", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--half", action="store_true", help="float16 autocast (GPU)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    networks = {
+        "WongNet3D": WongNet3D(in_channels=1, out_channels=args.classes),
+        "MONAI VNet": VNet(spatial_dims=3, in_channels=1, out_channels=args.classes),
+        "SAUNet": SAUNet(in_channels=1, out_channels=args.classes),
+    }
+    networks = {name: network.to(device).eval() for name, network in networks.items()}
+    counts = {name: parameter_count(network) for name, network in networks.items()}
+    low, high = PARAMETER_RANGE
+    print(f"device {device}, torch threads {torch.get_num_threads()}, median of {args.repeats} rounds")
+    print("\n| network | parameters (M) | ratio to VNet |")
+    print("|---|---|---|")
+    for name, count in counts.items():
+        print(f"| {name} | {count / 1e6:.3f} | {count / counts['MONAI VNet']:.3f} |")
+    in_range = low <= counts["WongNet3D"] <= high
+    print(f"WongNet3D parameters in [{low / 1e6}, {high / 1e6}] M: {'yes' if in_range else 'NO'}")
+
+    print(f"\n| input | network | inference (s) | ratio to VNet | <= {TARGET_RATIO}x |")
+    print("|---|---|---|---|---|")
+    for side in args.sides:
+        image = torch.randn(1, 1, side, side, side, device=device)
+
+        steps = {
+            name: (lambda network=network, image=image: infer(network, image, args.half))
+            for name, network in networks.items()
+        }
+        medians = interleaved_medians(steps, args.repeats)
+        for name, seconds in medians.items():
+            ratio = seconds / medians["MONAI VNet"]
+            verdict = ("yes" if ratio <= TARGET_RATIO else "NO") if name == "WongNet3D" else "-"
+            print(f"| 1x1x{side}^3 | {name} | {seconds:.3f} | {ratio:.2f} | {verdict} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
