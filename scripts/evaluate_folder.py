@@ -1,0 +1,207 @@
+"""Evaluate a folder of predicted label maps against ground-truth labels (NIfTI).
+
+Every label file under LABEL_DIR (recursively) is paired with the prediction at the same relative path under
+PRED_DIR; ``--label-postfix`` is removed from the label's name and ``--pred-postfix`` added to find the
+prediction (ACDC: ``patient001_frame01_gt.nii.gz`` -> ``patient001_frame01_seg.nii.gz`` with
+``--label-postfix _gt --pred-postfix _seg``). Spacing comes from the label file's affine. Writes a per-case,
+per-structure CSV (Dice, HD, HD95 in mm, status) and a mean +- std summary CSV next to it. Cases that fail
+(missing prediction, unreadable file, shape or geometry mismatch) are reported at the end and make the exit
+status 1; the others are still evaluated and written. ``--overlays DIR`` also draws, per case, the image (from
+``--image-dir``), label and prediction on the slice (last axis) with the most labelled voxels.
+
+    python scripts/evaluate_folder.py --label-dir labelsTs --pred-dir preds --num-classes 4 --output eval/rrw.csv
+    python scripts/evaluate_folder.py --label-dir brats/labels --pred-dir preds --labels 1 2 4 --regions brats \
+        --output eval/brats.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.data import load_volume
+from common.engines import ensure_absent
+from common.evaluation import (
+    StructureResult,
+    brats_regions,
+    class_structures,
+    evaluate_case,
+    format_summary,
+    spacing_from_affine,
+    summarize,
+    write_results_csv,
+    write_summary_csv,
+)
+from common.inference import NIFTI_SUFFIXES, discover_images
+from common.plots import plot_segmentation_overlay
+
+
+def nifti_stem(path: Path) -> tuple[str, str]:
+    suffix = next(s for s in (".nii.gz", ".nii") if path.name.lower().endswith(s))
+    return path.name[: -len(suffix)], path.name[-len(suffix) :]
+
+
+def sibling_path(folder: Path, stem: str, suffix: str) -> Path:
+    """``folder/stem+suffix``, or the other NIfTI suffix when only that one exists."""
+    candidates = [folder / f"{stem}{suffix}"] + [
+        folder / f"{stem}{other}" for other in NIFTI_SUFFIXES if other != suffix.lower()
+    ]
+    return next((c for c in candidates if c.exists()), candidates[0])
+
+
+@dataclass(frozen=True)
+class Job:
+    case: str
+    label_path: Path
+    pred_path: Path
+    structures: dict[str, tuple[int, ...]]
+    num_classes: int | None
+    image_path: Path | None = None
+    overlay_path: Path | None = None
+    overwrite: bool = False
+
+
+def make_job(label_path: Path, args: argparse.Namespace, structures, num_classes) -> Job:
+    stem, suffix = nifti_stem(label_path)
+    if args.label_postfix and stem.endswith(args.label_postfix):
+        stem = stem[: -len(args.label_postfix)]
+    relative_folder = label_path.relative_to(args.label_dir).parent
+    pred_path = sibling_path(args.pred_dir / relative_folder, f"{stem}{args.pred_postfix}", suffix)
+    image_path = overlay_path = None
+    if args.overlays:
+        image_path = sibling_path(args.image_dir / relative_folder, stem, suffix) if args.image_dir else None
+        overlay_path = args.overlays / relative_folder / f"{stem}_overlay.png"
+    return Job(stem, label_path, pred_path, structures, num_classes, image_path, overlay_path, args.overwrite)
+
+
+def load_checked(job: Job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Label, prediction and affine of a case, after the checks that name the offending file."""
+    if not job.pred_path.exists():
+        raise ValueError(f"{job.pred_path}: prediction missing for label {job.label_path}")
+    label, label_affine = load_volume(job.label_path)
+    pred, pred_affine = load_volume(job.pred_path)
+    if pred.shape != label.shape:
+        raise ValueError(
+            f"{job.pred_path}: shape {pred.shape} differs from the label's {label.shape} ({job.label_path})"
+        )
+    if not np.allclose(pred_affine, label_affine, atol=1e-3):
+        raise ValueError(f"{job.pred_path}: affine differs from the label's ({job.label_path})")
+    if job.num_classes is not None:
+        for path, array in ((job.label_path, label), (job.pred_path, pred)):
+            outside = np.unique(array[(array < 0) | (array >= job.num_classes)])
+            if outside.size:
+                raise ValueError(f"{path}: label values {outside.tolist()} outside 0..{job.num_classes - 1}")
+    return label, pred, label_affine
+
+
+def write_overlay(job: Job, label: np.ndarray, pred: np.ndarray) -> None:
+    """Overlay of the axial slice (last axis) with the most labelled voxels."""
+    image = label
+    if job.image_path is not None:
+        image, _ = load_volume(job.image_path)
+        if image.shape != label.shape:
+            raise ValueError(f"{job.image_path}: shape {image.shape} differs from the label's {label.shape}")
+    index = int(np.argmax((label > 0).sum(axis=(0, 1))))
+    plot_segmentation_overlay(
+        np.asarray(image[..., index], dtype=np.float32),
+        np.asarray(label[..., index]).astype(np.int64),
+        np.asarray(pred[..., index]).astype(np.int64),
+        job.overlay_path,
+        num_classes=job.num_classes,
+        title=f"{job.case}, slice {index}",
+        overwrite=job.overwrite,
+    )
+
+
+def run_job(job: Job) -> tuple[list[StructureResult], str | None]:
+    try:
+        label, pred, affine = load_checked(job)
+        try:
+            results = evaluate_case(pred, label, job.structures, spacing_from_affine(affine), case=job.case)
+        except ValueError as error:
+            raise ValueError(f"{job.pred_path}: {error}") from error
+        if job.overlay_path is not None:
+            write_overlay(job, label, pred)
+        return results, None
+    except (ValueError, OSError) as error:
+        return [], str(error)
+
+
+def build_structures(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
+    if args.labels:
+        structures = {f"class_{v}": (v,) for v in args.labels}
+    elif args.num_classes:
+        structures = class_structures(args.num_classes, include_background=args.include_background)
+    else:
+        structures = {}
+    if args.regions == "brats":
+        structures.update(brats_regions(args.enhancing_label))
+    if not structures:
+        raise SystemExit("nothing to evaluate: give --num-classes, --labels or --regions")
+    return structures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--label-dir", required=True, type=Path, help="ground-truth NIfTI labels (recursive)")
+    parser.add_argument("--pred-dir", required=True, type=Path, help="predicted NIfTI label maps")
+    parser.add_argument("--output", required=True, type=Path, help="per-case CSV to write")
+    parser.add_argument("--summary", type=Path, help="summary CSV (default: <output stem>_summary.csv)")
+    parser.add_argument("--num-classes", type=int, help="classes including background; evaluates 1..N-1")
+    parser.add_argument("--labels", type=int, nargs="+", help="explicit label values to evaluate as classes")
+    parser.add_argument("--include-background", action="store_true", help="also evaluate label 0 (--num-classes)")
+    parser.add_argument("--regions", choices=["brats"], help="also evaluate BraTS WT/TC/ET regions")
+    parser.add_argument("--enhancing-label", type=int, default=4, help="enhancing-tumour label for --regions brats")
+    parser.add_argument("--label-postfix", default="", help="removed from label file names (e.g. _gt)")
+    parser.add_argument("--pred-postfix", default="", help="added to find prediction file names (e.g. _seg)")
+    parser.add_argument(
+        "--overlays", type=Path, help="folder for a PNG overlay of image, label and prediction per case"
+    )
+    parser.add_argument("--image-dir", type=Path, help="images for --overlays (same names without --label-postfix)")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    args = parser.parse_args(argv)
+
+    structures = build_structures(args)
+    summary_path = args.summary or args.output.with_name(f"{args.output.name.removesuffix('.csv')}_summary.csv")
+    try:
+        ensure_absent(args.output, summary_path, overwrite=args.overwrite)
+        label_paths = discover_images(args.label_dir)
+    except (FileExistsError, NotADirectoryError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not label_paths:
+        print(f"error: {args.label_dir}: no NIfTI label files found", file=sys.stderr)
+        return 2
+    num_classes = args.num_classes if not args.labels and args.regions is None else None
+    jobs = [make_job(label_path, args, structures, num_classes) for label_path in label_paths]
+
+    if args.workers > 1:
+        with ProcessPoolExecutor(args.workers) as pool:
+            outcomes = list(pool.map(run_job, jobs))
+    else:
+        outcomes = [run_job(job) for job in jobs]
+    results = [row for rows, _ in outcomes for row in rows]
+    failures = [error for _, error in outcomes if error]
+
+    if results:
+        write_results_csv(results, args.output, overwrite=args.overwrite)
+        summary = summarize(results)
+        write_summary_csv(summary, summary_path, overwrite=args.overwrite)
+        print(format_summary(summary))
+        print(f"wrote {args.output} and {summary_path} ({len(jobs) - len(failures)} cases)")
+    if failures:
+        print(f"{len(failures)} of {len(jobs)} cases failed:", file=sys.stderr)
+        for error in failures:
+            print(f"  {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Shared fixtures: small NIfTI data sets written on the fly in the layouts of the public releases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.synthetic import write_acdc_dataset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+SCHEMA_FILE = SHARED_DIR / "schemas" / "meta_schema_20240725.json"
+
+# tiny ACDC-like volumes: 32 x 32 pixels, 4 slices, 2 frames (ED, ES) per subject
+TINY_ACDC_SHAPE = (32, 32, 4)
+TINY_ACDC_SPACING = (2.5, 2.5, 10.0)
+
+
+@pytest.fixture(scope="session")
+def acdc_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic ACDC17 release with four subjects (read-only for the tests: copy before changing it)."""
+    root = tmp_path_factory.mktemp("acdc_release")
+    write_acdc_dataset(
+        root, num_subjects=4, seed=0, shape=TINY_ACDC_SHAPE, spacing=TINY_ACDC_SPACING, num_frames=3, with_cine=True
+    )
+    return root
+
+
+@pytest.fixture
+def schema_file() -> Path:
+    """The model-zoo metadata schema next to the repository (``<repo>/../shared``); skips when absent."""
+    if not SCHEMA_FILE.is_file():
+        pytest.skip(f"metadata schema not found at {SCHEMA_FILE}")
+    return SCHEMA_FILE

@@ -1,0 +1,197 @@
+"""End-to-end checks of bundles/acdc17_rrw: configs run (train, evaluate, inference) on tiny synthetic ACDC data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, run, verify_metadata, verify_net_in_out
+from monai.data import MetaTensor
+
+from common.data import collect_acdc_cases, make_datalist, split_subjects, write_json_atomic
+from common.engines import StackedDeepSupervisionLoss
+from common.losses import RegionWiseLoss
+
+pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning")
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "acdc17_rrw"
+CONFIGS = BUNDLE / "configs"
+TRAIN, EVALUATE, INFERENCE = (str(CONFIGS / name) for name in ("train.yaml", "evaluate.yaml", "inference.yaml"))
+# a 4-level-wide DynUNet: 64 x 64 slices still leave 2 x 2 at the bottleneck
+TINY_NETWORK = {"patch_size": [64, 64], "filters": [4, 8, 8, 16, 16, 16], "sw_batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def prepared_release(acdc_release, tmp_path_factory) -> Path:
+    release = tmp_path_factory.mktemp("acdc_prepared")
+    shutil.copytree(acdc_release, release, dirs_exist_ok=True)
+    training, validation = split_subjects(collect_acdc_cases(release).cases, 0.5, seed=0)
+    write_json_atomic(make_datalist(training, validation), release / "datalist.json")
+    return release
+
+
+@pytest.fixture(scope="module")
+def trained_run(prepared_release, tmp_path_factory) -> dict:
+    run_root = tmp_path_factory.mktemp("acdc17_rrw_run")
+    overrides = {
+        **TINY_NETWORK,
+        "dataset_dir": str(prepared_release),
+        "bundle_root": str(run_root),
+        "epochs": 2,
+        "samples_per_volume": 2,
+        "num_workers": 0,
+        "seed": 1,
+    }
+    run(config_file=TRAIN, **overrides)
+    return overrides
+
+
+def test_metadata_is_valid(schema_file):
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(schema_file))
+
+
+def test_network_matches_the_metadata():
+    verify_net_in_out(
+        net_id="network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=INFERENCE, n=2, device="cpu"
+    )
+
+
+def test_inference_config_repeats_the_training_network_and_preprocessing():
+    train, inference = ConfigParser(), ConfigParser()
+    train.read_config(TRAIN)
+    inference.read_config(INFERENCE)
+    for key in ("num_classes", "target_spacing", "patch_size", "filters", "network_def"):
+        assert inference[key] == train[key], key
+    image_transforms = [
+        {key: value for key, value in transform.items() if key not in ("keys", "mode")}
+        for transform in train["base_transforms"]
+    ]
+    assert image_transforms == [
+        {key: value for key, value in transform.items() if key not in ("keys", "mode")}
+        for transform in inference["preprocessing"]["transforms"]
+    ]
+
+
+@pytest.mark.parametrize("map_type", ["rrw", "boundary"])
+def test_map_type_is_switched_by_one_override(map_type):
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser["map_type"] = map_type
+    label = MetaTensor(torch.zeros(1, 12, 12, 3), affine=torch.diag(torch.tensor([1.5, 1.5, 8.0, 1.0])))
+    label[:, 4:8, 4:8] = 3
+    rw_map = parser.get_parsed_content("train#rw_map")({"label": label})["rw_map"]
+    assert rw_map.shape == (4, 12, 12, 3)
+    outside_lv = rw_map[3][label[0] == 0]
+    if map_type == "rrw":
+        assert torch.all(outside_lv == 1)
+    else:
+        assert outside_lv.max() > 1  # RW-Boundary: distance to the LV grows away from it
+
+
+def test_training_writes_checkpoints_logs_and_per_epoch_metrics(trained_run):
+    run_root = Path(trained_run["bundle_root"])
+    assert (run_root / "models" / "model.pt").is_file()
+    assert (run_root / "models" / "checkpoint_final.pt").is_file()
+    assert list((run_root / "eval").glob("events.out.tfevents.*"))
+    with open(run_root / "eval" / "validation_metrics.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    for row in rows:
+        assert 0.0 <= float(row["val_mean_dice"]) <= 1.0
+        for class_name in ("RV", "myocardium", "LV"):
+            assert f"val_mean_dice_{class_name}" in row and f"val_hausdorff_mm_{class_name}" in row
+
+
+def test_training_refuses_to_replace_an_earlier_run(trained_run):
+    model = Path(trained_run["bundle_root"]) / "models" / "model.pt"
+    before = model.read_bytes()
+    with pytest.raises(RuntimeError) as error_info:
+        run(config_file=TRAIN, **trained_run, overwrite="false")
+    assert "overwrite must be True or False" in str(error_info.value.__cause__)
+    with pytest.raises(RuntimeError) as error_info:  # monai.bundle wraps errors of config expressions
+        run(config_file=TRAIN, **trained_run)
+    assert isinstance(error_info.value.__cause__, FileExistsError)
+    assert "model.pt: already exists" in str(error_info.value.__cause__)
+    assert model.read_bytes() == before
+
+
+def test_evaluation_writes_per_case_tables_once(trained_run):
+    run(config_file=[TRAIN, EVALUATE], **trained_run)
+    evaluation = Path(trained_run["bundle_root"]) / "eval" / "evaluation"
+    metrics = dict(csv.reader(open(evaluation / "metrics.csv")))
+    assert 0.0 <= float(metrics["val_mean_dice"]) <= 1.0 and float(metrics["val_hausdorff_mm"]) >= 0.0
+    with open(evaluation / "val_mean_dice_raw.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 4 and rows[0]["filename"].endswith(".nii.gz")
+    with pytest.raises(RuntimeError) as error_info:
+        run(config_file=[TRAIN, EVALUATE], **trained_run)
+    assert "metrics.csv: already exists" in str(error_info.value.__cause__)
+
+
+def test_inference_segments_a_folder_on_each_inputs_grid(trained_run, prepared_release, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    source = prepared_release / "training" / "patient001" / "patient001_frame01.nii.gz"
+    (inputs / "nested").mkdir(parents=True)
+    shutil.copy(source, inputs / "nested" / "case.nii.gz")
+    image = nib.load(source)
+    oblique = image.affine @ np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], float)
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj).swapaxes(0, 1), oblique), inputs / "swapped.nii")
+    (inputs / "corrupt.nii.gz").write_bytes(b"\x1f\x8b broken")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 2, 3), np.float32), np.eye(4)), inputs / "cine_4d.nii.gz")
+    outputs = tmp_path / "out"
+    settings = {key: trained_run[key] for key in ("bundle_root", *TINY_NETWORK)}
+
+    with pytest.raises(SystemExit) as exit_info:
+        run(config_file=INFERENCE, dataset_dir=str(inputs), output_dir=str(outputs), progress=False, **settings)
+    assert exit_info.value.code == 1
+    summary = capsys.readouterr().out
+    assert "segmented 2 file(s), kept 0 existing output(s), 2 failure(s)" in summary
+    assert "cine_4d.nii.gz: expected a 3D volume" in summary and "corrupt.nii.gz: cannot read as NIfTI" in summary
+    for relative in ("nested/case.nii.gz", "swapped.nii"):
+        source_image, result = nib.load(inputs / relative), nib.load(outputs / relative)
+        assert result.shape == source_image.shape
+        np.testing.assert_allclose(result.affine, source_image.affine, atol=1e-5)
+        assert set(np.unique(np.asanyarray(result.dataobj))) <= {0, 1, 2, 3}
+
+    first_output = (outputs / "swapped.nii").read_bytes()
+    (inputs / "corrupt.nii.gz").unlink()
+    (inputs / "cine_4d.nii.gz").unlink()
+    run(config_file=INFERENCE, dataset_dir=str(inputs), output_dir=str(outputs), progress=False, **settings)
+    assert "kept 2 existing output(s), 0 failure(s)" in capsys.readouterr().out
+    assert (outputs / "swapped.nii").read_bytes() == first_output
+
+
+def test_deep_supervision_loss_weights_the_stacked_heads():
+    torch.manual_seed(0)
+    heads = torch.randn(2, 3, 4, 8, 8)  # DynUNet training output: (B, 1 + deep_supr_num, C, H, W)
+    rw_map = torch.randn(2, 4, 8, 8)
+    region_loss = RegionWiseLoss()
+    loss = StackedDeepSupervisionLoss(region_loss, weight_mode="exp")
+    weights = torch.tensor([1.0, 0.5, 0.25])
+    expected = sum(weight * region_loss(heads[:, index], rw_map) for index, weight in enumerate(weights))
+    torch.testing.assert_close(loss(heads, rw_map), expected)
+    torch.testing.assert_close(loss(heads[:, 0], rw_map), region_loss(heads[:, 0], rw_map))  # evaluation output
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_trains_with_two_cpu_processes(prepared_release, tmp_path):
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run", "--config_file", str([TRAIN, str(CONFIGS / "multi_gpu_train.yaml")]),
+        "--dataset_dir", str(prepared_release), "--bundle_root", str(tmp_path), "--epochs", "1",
+        "--samples_per_volume", "2", "--num_workers", "0",
+        *[item for key, value in TINY_NETWORK.items() for item in (f"--{key}", json.dumps(value))],
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
+    with open(tmp_path / "eval" / "validation_metrics.csv") as stream:
+        assert [row["epoch"] for row in csv.DictReader(stream)] == ["1"]

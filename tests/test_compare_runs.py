@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import csv
+import math
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.evaluation import STATUS_ABSENT, STATUS_MISSED, STATUS_PRESENT, StructureResult, write_results_csv
+from common.statistics import paired_permutation_test
+
+compare_runs_main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "compare_runs.py"))["main"]
+
+
+def rows(dice: list[float], hd: list[float], structure: str = "class_1") -> list[StructureResult]:
+    results = []
+    for index, (d, h) in enumerate(zip(dice, hd, strict=True)):
+        status = STATUS_ABSENT if math.isnan(d) else STATUS_MISSED if math.isinf(h) else STATUS_PRESENT
+        results.append(StructureResult(f"case{index}", structure, "1", status, d, h, h, 10, 10))
+    return results
+
+
+@pytest.fixture
+def runs(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.7, 0.9, 12)
+    reference = rows(list(base), list(rng.uniform(2, 6, 12)))
+    same = rows(list(base), [r.hd for r in reference])
+    worse_dice = list(base - 0.1)
+    worse_dice[3] = 0.0  # a missed case
+    worse_hd = [r.hd + 3 for r in reference]
+    worse_hd[3] = math.inf
+    worse = rows(worse_dice, worse_hd)
+    paths = {}
+    for name, results in {"RRW": reference, "Same": same, "Worse": worse}.items():
+        paths[name] = tmp_path / f"{name}.csv"
+        write_results_csv(results, paths[name])
+    return paths, reference, worse
+
+
+def test_table_stars_only_significant_differences(tmp_path, runs, capsys):
+    paths, reference, worse = runs
+    md, table_csv = tmp_path / "cmp.md", tmp_path / "cmp.csv"
+    argv = [f"--run={name}={path}" for name, path in paths.items()]
+    argv += ["--reference", "RRW", "--output-md", str(md), "--output-csv", str(table_csv)]
+    assert compare_runs_main(argv) == 0
+    lines = md.read_text().splitlines()
+    assert lines[0] == "| loss | class_1 Dice | class_1 HD (mm) |"
+    assert lines[2].startswith("| RRW (reference) |") and "*" not in lines[2]
+    assert "*" not in lines[3]  # identical values: p = 1
+    assert lines[4].count("*") == 2
+    cells = {(row["run"], row["metric"]): row for row in csv.DictReader(open(table_csv))}
+    assert float(cells[("Same", "dice")]["p_value"]) == 1.0
+    # Dice: the missed case counts as 0 in the mean; HD: it is excluded from mean and test
+    worse_dice = [r.dice for r in worse]
+    assert float(cells[("Worse", "dice")]["mean"]) == pytest.approx(np.mean(worse_dice))
+    assert float(cells[("Worse", "dice")]["std"]) == pytest.approx(np.std(worse_dice, ddof=1))
+    assert int(cells[("Worse", "hd")]["n"]) == 11 and int(cells[("Worse", "hd")]["n_paired"]) == 11
+    expected = paired_permutation_test(worse_dice, [r.dice for r in reference], seed=0)
+    assert float(cells[("Worse", "dice")]["p_value"]) == pytest.approx(expected.p_value)
+    assert cells[("Worse", "hd")]["significant"] == "True"
+    assert "Worse" in capsys.readouterr().out
+
+
+def test_unknown_reference_and_existing_outputs_are_refused(tmp_path, runs, capsys):
+    paths, _, _ = runs
+    argv = [f"--run={name}={path}" for name, path in paths.items()]
+    with pytest.raises(SystemExit):
+        compare_runs_main([*argv, "--reference", "Nope"])
+    existing = tmp_path / "exists.md"
+    existing.write_text("keep me")
+    assert compare_runs_main([*argv, "--reference", "RRW", "--output-md", str(existing)]) == 2
+    assert existing.read_text() == "keep me"
+    assert "exists.md" in capsys.readouterr().err
+
+
+def test_foreign_csv_is_reported_by_name(tmp_path, runs, capsys):
+    paths, _, _ = runs
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x,y\n1,2\n")
+    assert compare_runs_main([f"--run=RRW={paths['RRW']}", f"--run=Bad={bad}", "--reference", "RRW"]) == 2
+    assert "bad.csv" in capsys.readouterr().err

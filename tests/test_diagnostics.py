@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import csv
+import runpy
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.engines import SupervisedTrainer
+
+from common.diagnostics import (
+    InstabilityDiagnosticHandler,
+    multi_negative_counts,
+    multi_negative_fraction,
+    negative_component_count,
+    rw_logit_gradient,
+)
+from common.engines import PrepareBatchKeys, StackedDeepSupervisionLoss
+from common.losses import RegionWiseLoss
+from common.maps import boundary_map, rrw_map
+
+
+def four_class_label() -> np.ndarray:
+    label = np.zeros((24, 24), dtype=np.int64)
+    label[4:20, 4:20] = 1
+    label[8:16, 8:16] = 2
+    label[10:14, 10:14] = 3
+    return label
+
+
+def test_closed_form_matches_autograd_of_the_region_wise_loss():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 6, 5, generator=generator, requires_grad=True)
+    rw_map = torch.randn(2, 4, 6, 5, generator=generator)
+    RegionWiseLoss()(logits, rw_map).backward()
+    # the loss is the mean of the per-voxel loss over batch, classes and voxels
+    scale = logits.numel()
+    closed_form = rw_logit_gradient(logits.detach(), rw_map)
+    torch.testing.assert_close(logits.grad * scale, closed_form, atol=1e-6, rtol=1e-5)
+    assert torch.equal(negative_component_count(logits.detach(), rw_map), (logits.grad < 0).sum(dim=1))
+
+
+def test_hand_computed_voxel():
+    # uniform probabilities: the gradient sign is the sign of z_j - mean(z); mean(-1, 2, 0.5, 3) = 1.125
+    rw_map = torch.tensor([-1.0, 2.0, 0.5, 3.0]).view(1, 4, 1)
+    logits = torch.zeros_like(rw_map)
+    torch.testing.assert_close(rw_logit_gradient(logits, rw_map), (rw_map - 1.125) / 4)
+    assert negative_component_count(logits, rw_map).item() == 2
+
+
+def test_rrw_map_gives_exactly_one_negative_component_on_the_true_class():
+    label = four_class_label()
+    rw_map = torch.as_tensor(rrw_map(label, 4))[None]
+    logits = torch.randn(1, 4, *label.shape, generator=torch.Generator().manual_seed(1)) * 3
+    gradient = rw_logit_gradient(logits, rw_map)
+    assert torch.all(negative_component_count(logits, rw_map) == 1)
+    assert torch.equal(gradient.argmin(dim=1)[0], torch.as_tensor(label))
+
+
+def test_boundary_map_has_multiple_negative_components_only_with_more_than_two_classes():
+    label = four_class_label()
+    uniform = torch.zeros(1, 4, *label.shape)
+    four_classes = torch.as_tensor(boundary_map(label, 4))[None]
+    assert multi_negative_fraction(uniform, four_classes) > 0.1
+    binary = (label > 0).astype(np.int64)
+    two_classes = torch.as_tensor(boundary_map(binary, 2))[None]
+    assert multi_negative_fraction(uniform[:, :2], two_classes) == 0.0
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError, match="same shape"):
+        rw_logit_gradient(torch.zeros(1, 3, 4), torch.zeros(1, 2, 4))
+
+
+class TwoHeadNet(torch.nn.Module):
+    """Stacks two heads along dim 1 in training mode, like DynUNet with deep supervision."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        return torch.stack([out, 0.5 * out], dim=1) if self.training else out
+
+
+def test_handler_logs_the_epoch_fraction_of_a_deep_supervision_trainer(tmp_path):
+    torch.manual_seed(0)
+    label = four_class_label()
+    rw_map = torch.as_tensor(boundary_map(label, 4))
+    images = torch.randn(4, 1, *label.shape)
+    data = [{"image": image, "rw_map": rw_map} for image in images]
+    network = TwoHeadNet()
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=torch.utils.data.DataLoader(data, batch_size=2),
+        network=network,
+        optimizer=torch.optim.SGD(network.parameters(), lr=0.0),  # fixed weights: the fraction can be recomputed
+        loss_function=StackedDeepSupervisionLoss(RegionWiseLoss()),
+        prepare_batch=PrepareBatchKeys(target_key="rw_map"),
+    )
+    handler = InstabilityDiagnosticHandler(filename=tmp_path / "instability.csv")
+    handler.attach(trainer)
+    trainer.run()
+    with torch.no_grad():
+        logits = network.conv(images)
+    expected = multi_negative_fraction(logits, rw_map.expand(4, -1, -1, -1))
+    assert trainer.state.metrics["multi_negative_fraction"] == pytest.approx(expected)
+    rows = list(csv.DictReader(open(tmp_path / "instability.csv")))
+    assert rows == [{"epoch": "1", "multi_negative_fraction": str(handler.history[0][1])}]
+    with pytest.raises(FileExistsError):
+        InstabilityDiagnosticHandler(filename=tmp_path / "instability.csv").attach(trainer)
+
+
+def test_instability_script_prints_fractions_and_reports_bad_files(tmp_path, capsys):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "instability_diagnostic.py"
+    main = runpy.run_path(str(script))["main"]
+    label = np.repeat(four_class_label()[:, :, None], 3, axis=2)
+    affine = np.diag([1.5, 1.5, 5.0, 1.0])
+    label_path = tmp_path / "case_gt.nii.gz"
+    nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), label_path)
+    argv = ["--label", str(label_path), str(tmp_path / "missing.nii.gz"), "--num-classes", "4"]
+    assert main([*argv, "--output-dir", str(tmp_path / "figures")]) == 1
+    out, err = capsys.readouterr()
+    expected = multi_negative_fraction(
+        torch.zeros(1, 4, *label.shape), torch.as_tensor(boundary_map(label, 4, (1.5, 1.5, 5.0)))[None]
+    )
+    assert out.splitlines()[2].split() == ["case_gt", "0.0000", f"{expected:.4f}"]
+    assert "missing.nii.gz" in err
+    assert (tmp_path / "figures" / "case_gt_instability.png").is_file()
+
+
+def test_voxels_without_supervision_are_left_out():
+    # two supervised voxels (one with two negative components) and two padded voxels with an all-zero map
+    rw_map = torch.tensor([[-1.0, 2.0, 0.5, 3.0], [-1.0, 1.0, 1.0, 1.0], [0, 0, 0, 0], [0, 0, 0, 0]]).T[None]
+    logits = torch.zeros_like(rw_map)
+    assert multi_negative_counts(logits, rw_map) == (1, 2)
+    assert multi_negative_fraction(logits, rw_map) == 0.5
+    assert np.isnan(multi_negative_fraction(logits, torch.zeros_like(rw_map)))
