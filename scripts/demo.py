@@ -147,8 +147,8 @@ def main() -> int:
         [*bundle_run, "--config_file", "configs/inference.yaml", *inference_flags],
     )
 
-    with open(train_dir / "evaluation" / "metrics.csv") as stream:
-        metrics = dict(csv.reader(stream))
+    with open(train_dir / "evaluation" / "case_metrics_summary.csv") as stream:
+        summary = list(csv.DictReader(stream))
     print("\n=== where everything went")
     for label, path in [
         ("raw synthetic release", raw_dir),
@@ -161,8 +161,12 @@ def main() -> int:
         ("segmentations (output)", segmentations),
     ]:
         print(f"  {label:30s} {path}")
-    dice, hausdorff = float(metrics["val_mean_dice"]), float(metrics["val_hausdorff_mm"])
-    print(f"validation mean Dice {dice:.3f}, mean Hausdorff distance {hausdorff:.1f} mm")
+    print("validation (mean +- std over cases):")
+    for row in summary:
+        print(
+            f"  {row['structure']:12s} Dice {float(row['dice_mean']):.3f} +- {float(row['dice_std']):.3f}, "
+            f"HD {float(row['hd_mean']):.1f} +- {float(row['hd_std']):.1f} mm, HD95 {float(row['hd95_mean']):.1f} mm"
+        )
     print("seconds: " + ", ".join(f"{step} {seconds:.0f}" for step, seconds in timings.items()))
 
     if args.measure_maps:

@@ -126,14 +126,20 @@ def test_training_refuses_to_replace_an_earlier_run(trained_run):
 def test_evaluation_writes_per_case_tables_once(trained_run):
     run(config_file=[TRAIN, EVALUATE], **trained_run)
     evaluation = Path(trained_run["bundle_root"]) / "eval" / "evaluation"
-    metrics = dict(csv.reader(open(evaluation / "metrics.csv")))
-    assert 0.0 <= float(metrics["val_mean_dice"]) <= 1.0 and float(metrics["val_hausdorff_mm"]) >= 0.0
-    with open(evaluation / "val_mean_dice_raw.csv") as stream:
+    with open(evaluation / "case_metrics_per_case.csv") as stream:
         rows = list(csv.DictReader(stream))
-    assert len(rows) == 4 and rows[0]["filename"].endswith(".nii.gz")
+    assert len(rows) == 4 * 3  # 4 validation volumes x (RV, myocardium, LV)
+    assert {row["structure"] for row in rows} == {"RV", "myocardium", "LV"}
+    cases = {row["case"] for row in rows}
+    assert len(cases) == 4 and all(case.startswith("patient") for case in cases)
+    present = [row for row in rows if row["status"] == "present"]
+    assert present
+    assert all(0.0 <= float(row["dice"]) <= 1.0 and float(row["hd95"]) <= float(row["hd"]) for row in present)
+    with open(evaluation / "case_metrics_summary.csv") as stream:
+        assert {row["structure"] for row in csv.DictReader(stream)} >= {"RV", "myocardium", "LV"}
     with pytest.raises(RuntimeError) as error_info:
         run(config_file=[TRAIN, EVALUATE], **trained_run)
-    assert "metrics.csv: already exists" in str(error_info.value.__cause__)
+    assert "case_metrics_per_case.csv" in str(error_info.value.__cause__)
 
 
 def test_inference_segments_a_folder_on_each_inputs_grid(trained_run, prepared_release, tmp_path, capsys):
