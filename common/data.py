@@ -1,7 +1,9 @@
 """Datalist helpers: find the cases of a public release, check them, split subjects, write the datalist JSON.
 
 Datalists follow MONAI's decathlon format (``{"training": [...], "validation": [...]}`` with paths relative to
-the data set folder) so that bundles load them with ``monai.data.load_decathlon_datalist(..., base_dir=...)``.
+the data set folder); bundles load them with :func:`load_datalist`, which resolves only the ``image`` and ``label``
+paths (MONAI's ``load_decathlon_datalist`` also rewrites any other string that happens to name a file or folder
+under the data set folder, such as ``"subject": "case_00000"`` or ``"group": "HGG"``).
 """
 
 from __future__ import annotations
@@ -280,3 +282,75 @@ def make_datalist(
         "training": list(training),
         "validation": list(validation),
     }
+
+
+def load_datalist(
+    path: str | os.PathLike,
+    key: str = "training",
+    base_dir: str | os.PathLike | None = None,
+    path_keys: Sequence[str] = ("image", "label"),
+) -> list[dict[str, Any]]:
+    """Read one section of a decathlon-style datalist, resolving only the file fields against ``base_dir``.
+
+    Args:
+        path: the datalist JSON file.
+        key: section to read (``"training"``, ``"validation"``, ...).
+        base_dir: folder that relative paths start from (default: the datalist's folder).
+        path_keys: entry fields holding a path or a list of paths (e.g. one per modality); other fields are kept
+            as they are.
+
+    Returns:
+        The entries, with absolute paths in ``path_keys``.
+
+    Raises:
+        FileNotFoundError: the datalist does not exist.
+        ValueError: the file is not valid JSON, lacks the section, or an entry is malformed (the message names the
+            file and the entry).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: datalist not found; write it with the scripts/prepare_*.py of the data set")
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(content, dict) or not isinstance(content.get(key), list):
+        raise ValueError(f"{path}: no '{key}' list of entries")
+    root = Path(base_dir) if base_dir is not None else path.parent
+
+    def resolve(value: Any, index: int, field_name: str) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"{path}: {key}[{index}].{field_name} must be a path or a list of paths, got {value!r}")
+        return os.path.normpath(root / value)
+
+    entries = []
+    for index, entry in enumerate(content[key]):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: {key}[{index}] is not an object")
+        entry = dict(entry)
+        for field_name in path_keys:
+            if field_name in entry:
+                value = entry[field_name]
+                entry[field_name] = (
+                    [resolve(item, index, field_name) for item in value]
+                    if isinstance(value, list)
+                    else resolve(value, index, field_name)
+                )
+        entries.append(entry)
+    return entries
+
+
+def read_datalist_field(path: str | os.PathLike, field_name: str) -> Any:
+    """Return a top-level field of a datalist JSON (``num_classes``, ``label_mapping``, ...).
+
+    Raises:
+        FileNotFoundError: the datalist does not exist.
+        KeyError: the field is absent (the message names the file and the preparation script that writes it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: datalist not found; write it with the scripts/prepare_*.py of the data set")
+    content = json.loads(path.read_text())
+    if field_name not in content:
+        raise KeyError(f"{path}: no '{field_name}' entry; prepare the datalist with scripts/prepare_*.py")
+    return content[field_name]

@@ -12,7 +12,7 @@ import csv
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +169,14 @@ class EpochMetricsCSV:
         self.rows.append(row)
         self._write()
 
+    def state_dict(self) -> dict[str, list[dict[str, float | int]]]:
+        """The rows written so far (for a resumed training, see :class:`common.checkpoint.ResumableTraining`)."""
+        return {"rows": [dict(row) for row in self.rows]}
+
+    def load_state_dict(self, state_dict: dict[str, list[dict[str, float | int]]]) -> None:
+        """Restore the rows of :meth:`state_dict`; the next validation appends to them and rewrites the file."""
+        self.rows = [dict(row) for row in state_dict["rows"]]
+
     def _write(self) -> None:
         columns = list(dict.fromkeys(key for row in self.rows for key in row))
         buffer = io.StringIO()
@@ -177,3 +185,35 @@ class EpochMetricsCSV:
         writer.writerows(self.rows)
         with atomic_output(self.filename) as tmp_path:
             tmp_path.write_text(buffer.getvalue())
+
+
+class GradientClipping:
+    """Clip the gradient norm after every backward pass of a MONAI trainer, before the optimiser step.
+
+    MONAI's ``SupervisedTrainer`` has no clipping option; it fires ``IterationEvents.BACKWARD_COMPLETED`` between
+    ``loss.backward()`` and ``optimizer.step()``, which is where this handler calls
+    ``torch.nn.utils.clip_grad_norm_`` (the SA Dice paper clips the L2 norm at 5).
+
+    Args:
+        parameters: the parameters whose gradients are clipped (network and, if any, trainable loss weights).
+        max_norm: largest allowed norm of all gradients together.
+        norm_type: type of the norm (2 for L2).
+    """
+
+    def __init__(self, parameters: Iterable[torch.nn.Parameter], max_norm: float = 5.0, norm_type: float = 2.0) -> None:
+        if max_norm <= 0:
+            raise ValueError(f"max_norm must be > 0, got {max_norm}")
+        self.parameters = list(parameters)
+        self.max_norm = float(max_norm)
+        self.norm_type = float(norm_type)
+
+    def attach(self, engine: Engine) -> None:
+        """Run after every backward pass of ``engine`` (a MONAI trainer)."""
+        from monai.engines.utils import IterationEvents
+
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Clip the gradients in place and record the norm before clipping as ``grad_norm``."""
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.max_norm, norm_type=self.norm_type)
+        engine.state.metrics["grad_norm"] = float(norm)

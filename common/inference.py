@@ -71,6 +71,17 @@ def mirrored_output_path(
     return Path(output_dir) / relative.parent / f"{stem}{postfix}{relative.name[-len(suffix) :]}"
 
 
+def check_finite(array: np.ndarray, path: str | os.PathLike) -> None:
+    """Refuse an image with NaN or infinite intensities (they would silently spoil the normalisation).
+
+    Raises:
+        ValueError: naming ``path`` and the number of bad values.
+    """
+    if array.dtype.kind in "fc" and not np.isfinite(array).all():
+        nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+        raise ValueError(f"{path}: {nan} NaN and {inf} infinite intensities; fix or drop this image")
+
+
 def save_label_like(label: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathLike) -> Path:
     """Write a label map atomically with the geometry (affine, qform/sform, units) of ``reference``.
 
@@ -84,6 +95,7 @@ def save_label_like(label: np.ndarray, reference: nib.Nifti1Image, path: str | o
 
     Raises:
         ValueError: ``label`` does not have the reference's shape.
+        OSError: the file cannot be written (e.g. a full disk); the message names it, no partial file is left.
     """
     if tuple(label.shape) != tuple(reference.shape):
         raise ValueError(f"segmentation shape {label.shape} differs from the input's {reference.shape}")
@@ -93,8 +105,11 @@ def save_label_like(label: np.ndarray, reference: nib.Nifti1Image, path: str | o
     output = nib.Nifti1Image(label.astype(dtype), reference.affine, header)
     output.header.set_slope_inter(1.0, 0.0)
     output.header["descrip"] = b"segmentation"
-    with atomic_output(path) as tmp_path:
-        nib.save(output, tmp_path)
+    try:
+        with atomic_output(path) as tmp_path:
+            nib.save(output, tmp_path)
+    except OSError as error:  # full disk, lost permissions: name the output (the summary names the input)
+        raise OSError(error.errno, f"{path}: cannot write the segmentation ({error.strerror or error})") from error
     return Path(path)
 
 
@@ -208,7 +223,8 @@ def segment_folder(
         progress: show a progress bar.
 
     Returns:
-        The report; a file that fails is recorded with the reason and the run goes on.
+        The report; a file that fails (unreadable, not a 3D volume, NaN or infinite intensities, an output that
+        cannot be written, e.g. on a full disk) is recorded with the reason and the run goes on.
 
     Raises:
         NotADirectoryError: ``input_dir`` is not a folder.
@@ -230,7 +246,7 @@ def segment_folder(
             report.kept.append(output_path)
             continue
         try:
-            load_volume(image_path, spatial_dims=3)
+            check_finite(load_volume(image_path, spatial_dims=3)[0], image_path)
             reference = nib.load(image_path)
             save_label_like(segmenter(image_path), reference, output_path)
         except Exception as error:  # one bad file must not stop the batch; the reason goes to the summary

@@ -1,0 +1,123 @@
+"""The Python pieces the bundle configs use: method selection, gradient clipping and datalist loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from common.data import load_datalist
+from common.engines import GradientClipping
+from common.methods import (
+    EXP_LOG_METHODS,
+    RW_METHODS,
+    SA_DICE_METHODS,
+    exp_log_loss,
+    rw_loss,
+    rw_map_type,
+    rw_target_key,
+    sa_dice_loss,
+)
+from common.transforms import RWMapd
+
+BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
+
+
+def rw_batch(num_classes: int = 3) -> dict[str, torch.Tensor]:
+    label = torch.zeros(2, 1, 16, 16, dtype=torch.long)
+    label[:, :, 4:10, 4:10] = 1
+    label[:, :, 6:8, 6:8] = 2
+    maps = {
+        map_type: torch.stack(
+            [RWMapd("label", num_classes, map_type)({"label": item})["rw_map"] for item in label.float()]
+        )
+        for map_type in ("rrw", "boundary")
+    }
+    return {"label": label, **{f"rw_map_{name}": value for name, value in maps.items()}}
+
+
+@pytest.mark.parametrize("method", sorted(RW_METHODS))
+def test_every_rw_method_trains_on_its_target(method):
+    batch = rw_batch()
+    rw_map = batch[f"rw_map_{rw_map_type(method)}"]
+    targets = {"label": batch["label"], "rw_map": rw_map, "target": torch.cat([batch["label"].float(), rw_map], 1)}
+    logits = torch.randn(2, 3, 16, 16, requires_grad=True)
+    loss = rw_loss(method)(logits, targets[rw_target_key(method)])
+    loss.backward()
+    assert torch.isfinite(loss) and logits.grad.abs().sum() > 0
+
+
+def test_rw_methods_pick_the_paper_maps_and_reject_unknown_names():
+    assert [rw_map_type(method) for method in ("rw", "boundary", "rrw_ce")] == ["rrw", "boundary", "rrw"]
+    assert hasattr(rw_loss("boundary"), "set_epoch")  # the gradual alpha schedule
+    with pytest.raises(ValueError, match="unknown RW-paper method 'rrw'"):
+        rw_loss("rrw")
+
+
+@pytest.mark.parametrize("method", EXP_LOG_METHODS)
+def test_every_exp_log_method_is_the_papers_form(method):
+    loss = exp_log_loss(method, gamma=0.3, label_weights=[1.0, 2.0, 3.0])
+    expected = {
+        "exp_log": (0.8, 0.2, 0.3, "log"),
+        "log_dice": (1.0, 0.0, 1.0, "log"),
+        "linear_dice": (1.0, 0.0, 1.0, "linear"),
+        "weighted_ce": (0.0, 1.0, 1.0, "log"),
+    }[method]
+    assert (loss.w_dice, loss.w_cross, loss.gamma, loss.dice_form) == expected
+    logits = torch.randn(1, 3, 8, 8, 8, requires_grad=True)
+    value = loss(logits, torch.randint(0, 3, (1, 1, 8, 8, 8)))
+    value.backward()
+    assert torch.isfinite(value) and logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", SA_DICE_METHODS)
+def test_sa_dice_methods_weight_the_resolutions(method):
+    loss = sa_dice_loss(method)
+    expected = {
+        "sa_dice": [1.0, 0.0, 0.0],
+        "sa_dice_wmla": [1.0, 0.1, 0.01],
+        "sa_dice_wmla_trainable": [1.0, 0.1, 0.01],
+    }
+    torch.testing.assert_close(loss.alpha.detach(), torch.tensor(expected[method]))
+    assert bool(list(loss.parameters())) == (method == "sa_dice_wmla_trainable")
+
+
+def test_trainable_alpha_reaches_the_optimizer_of_the_sa_dice_bundles():
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES_DIR / "aorta_sadice" / "configs" / "train.yaml"))
+    parser.update({"method": "sa_dice_wmla_trainable", "num_classes": 2, "filters": [4, 8, 8, 8]})
+    optimizer = parser.get_parsed_content("optimizer")
+    loss = parser.get_parsed_content("loss")
+    optimised = {id(parameter) for group in optimizer.param_groups for parameter in group["params"]}
+    assert id(loss.theta) in optimised
+
+
+def test_gradient_clipping_limits_the_l2_norm_before_the_step():
+    weight = torch.nn.Parameter(torch.ones(4))
+    (weight * 100.0).sum().backward()  # gradient norm 200
+    engine = SimpleNamespace(state=SimpleNamespace(metrics={}))
+    GradientClipping([weight], max_norm=5.0)(engine)
+    assert engine.state.metrics["grad_norm"] == pytest.approx(200.0)
+    assert weight.grad.norm().item() == pytest.approx(5.0, rel=1e-4)
+    with pytest.raises(ValueError, match="max_norm must be > 0"):
+        GradientClipping([weight], max_norm=0.0)
+
+
+def test_load_datalist_resolves_only_the_file_fields(tmp_path):
+    (tmp_path / "case_00000").mkdir()
+    (tmp_path / "HGG").mkdir()
+    entry = {"image": ["case_00000/t1.nii.gz", "case_00000/t2.nii.gz"], "label": "case_00000/seg.nii.gz"}
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": [{**entry, "subject": "case_00000", "group": "HGG"}]}))
+    [item] = load_datalist(datalist, "training")
+    assert item["image"] == [str(tmp_path / "case_00000" / "t1.nii.gz"), str(tmp_path / "case_00000" / "t2.nii.gz")]
+    assert item["label"] == str(tmp_path / "case_00000" / "seg.nii.gz")
+    assert (item["subject"], item["group"]) == ("case_00000", "HGG")
+    with pytest.raises(ValueError, match=r"datalist.json: no 'validation' list"):
+        load_datalist(datalist, "validation")
+    with pytest.raises(FileNotFoundError, match="missing.json: datalist not found"):
+        load_datalist(tmp_path / "missing.json")

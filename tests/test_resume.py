@@ -1,0 +1,197 @@
+"""Resumable training (common.checkpoint): a run killed mid-epoch and resumed ends like an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser
+from monai.networks.nets import DynUNet
+
+from common.checkpoint import AtomicCheckpointSaver, ResumableTraining, epoch_seed, load_checkpoint
+from common.data import collect_acdc_cases, make_datalist, split_subjects, write_json_atomic
+
+pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAIN = REPO_ROOT / "bundles" / "acdc17_rrw" / "configs" / "train.yaml"
+OVERLAYS = REPO_ROOT / "tests" / "configs"
+CONFIGS = [str(TRAIN)]
+TINY_NETWORK = {"patch_size": [64, 64], "filters": [4, 8, 8, 16, 16, 16], "sw_batch_size": 8}
+EPOCHS = 3
+ITERATIONS_PER_EPOCH = 2  # 2 training subjects x 2 frames, 2 volumes per batch
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(acdc_release, tmp_path_factory) -> Path:
+    release = tmp_path_factory.mktemp("acdc_resume")
+    shutil.copytree(acdc_release, release, dirs_exist_ok=True)
+    training, validation = split_subjects(collect_acdc_cases(release).cases, 0.5, seed=0)
+    write_json_atomic(make_datalist(training, validation), release / "datalist.json")
+    return release
+
+
+def settings(dataset_dir: Path, bundle_root: Path) -> dict:
+    return {
+        **TINY_NETWORK,
+        "dataset_dir": str(dataset_dir),
+        "bundle_root": str(bundle_root),
+        "epochs": EPOCHS,
+        "samples_per_volume": 2,
+        "num_workers": 0,
+        "seed": 1,
+        "method": "boundary",  # Dice + RW-Boundary with the gradual alpha schedule (alpha = 1 - 0.01 * epoch index)
+    }
+
+
+def train_in_process(overrides: dict) -> ConfigParser:
+    """Run the merged configs like ``monai.bundle run`` and return the parser (its objects stay inspectable)."""
+    parser = ConfigParser()
+    parser.read_config(CONFIGS)
+    parser.update(overrides)
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("run")
+    return parser
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dataset_dir, tmp_path_factory) -> tuple[Path, ConfigParser]:
+    root = tmp_path_factory.mktemp("uninterrupted")
+    return root, train_in_process(settings(dataset_dir, root))
+
+
+@pytest.fixture(scope="module")
+def resumed(dataset_dir, tmp_path_factory) -> tuple[Path, ConfigParser, dict]:
+    root = tmp_path_factory.mktemp("interrupted")
+    overrides = settings(dataset_dir, root)
+    kill_at = 2 * ITERATIONS_PER_EPOCH + 1  # in the middle of epoch 3
+    command = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", str([*CONFIGS, str(OVERLAYS / "kill_mid_epoch.yaml")]), "--kill_at_iteration", str(kill_at),
+        *[item for key, value in overrides.items() for item in (f"--{key}", json.dumps(value))],
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == -9, result.stderr[-3000:]  # SIGKILL: no handler ran after the kill
+    at_kill = torch.load(root / "models" / "checkpoint_last.pt", weights_only=True)
+    return root, train_in_process({**overrides, "resume": True}), at_kill
+
+
+def test_the_killed_run_left_the_checkpoint_of_its_last_complete_epoch(resumed):
+    _, _, at_kill = resumed
+    assert at_kill["trainer"]["iteration"] == 2 * ITERATIONS_PER_EPOCH
+    assert at_kill["lr_scheduler"]["last_epoch"] == 2
+    assert [row["epoch"] for row in at_kill["metrics_table"]["rows"]] == [1, 2]
+
+
+def test_resumed_training_reaches_the_uninterrupted_state(uninterrupted, resumed):
+    (plain_root, plain), (resumed_root, resumed_parser, _) = uninterrupted, resumed
+    expected = torch.load(plain_root / "models" / "checkpoint_last.pt", weights_only=True)
+    actual = torch.load(resumed_root / "models" / "checkpoint_last.pt", weights_only=True)
+    assert actual["trainer"] == expected["trainer"]
+    assert actual["trainer"]["iteration"] == EPOCHS * ITERATIONS_PER_EPOCH
+    for trainer in (plain, resumed_parser):
+        assert trainer.get_parsed_content("train#trainer").state.epoch == EPOCHS
+    assert actual["model"].keys() == expected["model"].keys()
+    for key, value in expected["model"].items():
+        torch.testing.assert_close(actual["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for index, state in expected["optimizer"]["state"].items():
+        torch.testing.assert_close(actual["optimizer"]["state"][index]["exp_avg"], state["exp_avg"])
+        assert int(actual["optimizer"]["state"][index]["step"]) == int(state["step"]) == EPOCHS * 2
+    assert actual["lr_scheduler"] == expected["lr_scheduler"]
+    assert actual["lr_scheduler"]["last_epoch"] == EPOCHS
+    # the alpha schedule is a function of the restored epoch: 1 - 2 * 0.01 in epoch 3, in both runs
+    for parser in (plain, resumed_parser):
+        assert parser.get_parsed_content("method_loss").alpha == pytest.approx(0.98)
+    # validation metrics of every epoch, the resumed part appended to the restored rows
+    assert [row["epoch"] for row in actual["metrics_table"]["rows"]] == [1, 2, 3]
+    assert actual["metrics_table"]["rows"] == pytest.approx(expected["metrics_table"]["rows"], nan_ok=True)
+    assert actual["best_model_saver"] == expected["best_model_saver"]
+    plain_csv = (plain_root / "eval" / "validation_metrics.csv").read_text().splitlines()
+    resumed_csv = (resumed_root / "eval" / "validation_metrics.csv").read_text().splitlines()
+    assert len(resumed_csv) == len(plain_csv) == 1 + EPOCHS
+    best_plain = torch.load(plain_root / "models" / "model.pt", weights_only=True)  # one object: saved bare
+    best_resumed = torch.load(resumed_root / "models" / "model.pt", weights_only=True)
+    for key, value in best_plain.items():
+        torch.testing.assert_close(best_resumed[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_finished_run_is_not_replaced_without_resume(uninterrupted):
+    root, _ = uninterrupted
+    parser = ConfigParser()
+    parser.read_config(CONFIGS)
+    parser.update(settings(Path("unused"), root))
+    with pytest.raises(RuntimeError) as error_info:  # monai.bundle wraps errors of config expressions
+        parser.get_parsed_content("keep_earlier_results")
+    assert isinstance(error_info.value.__cause__, FileExistsError)
+    assert "model.pt: already exists" in str(error_info.value.__cause__)
+
+
+def tiny_dynunet(filters: list[int]) -> DynUNet:
+    return DynUNet(2, 1, 4, [3] * 3, [1, 2, 2], [2, 2], filters=filters)
+
+
+def test_a_checkpoint_of_another_network_fails_naming_the_file(tmp_path):
+    engine = Engine(lambda engine, batch: None)
+    writer = ResumableTraining(tmp_path / "last.pt", {"model": tiny_dynunet([4, 8, 16])})
+    engine.state.max_epochs, engine.state.epoch_length = 1, 1
+    writer.save(engine)
+    other = ResumableTraining(tmp_path / "last.pt", {"model": tiny_dynunet([4, 8, 32])}, resume=True)
+    with pytest.raises(ValueError, match=r"last\.pt: its 'model' does not fit this training \(Error"):
+        other.load(engine)
+    network = tiny_dynunet([4, 8, 16])
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"last\.pt: has no \['optimizer'\] entries"):
+        load_checkpoint(tmp_path / "last.pt", {"model": network, "optimizer": optimizer})
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "last.pt").read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"cut\.pt: cannot read as a weights-only checkpoint"):
+        load_checkpoint(tmp_path / "cut.pt", {"model": tiny_dynunet([4, 8, 16])})
+    torch.save({"model": {"weight": torch.ones(1)}, "code": Engine}, tmp_path / "pickled.pt")  # not plain data
+    with pytest.raises(ValueError, match=r"pickled\.pt: cannot read"):
+        load_checkpoint(tmp_path / "pickled.pt", {"model": tiny_dynunet([4, 8, 16])})
+
+
+def test_checkpoint_savers_write_atomically(tmp_path, monkeypatch):
+    network = tiny_dynunet([4, 8, 16])
+    saver = AtomicCheckpointSaver(
+        save_dir=str(tmp_path), save_dict={"model": network}, save_final=True, final_filename="final.pt"
+    )
+    engine = Engine(lambda engine, batch: None)
+    saver.attach(engine)
+    engine.run([0], max_epochs=1)
+    before = (tmp_path / "final.pt").read_bytes()
+    assert (tmp_path / "final.pt").stat().st_mode & 0o044 == 0o044  # readable by group and others
+
+    def failing_save(obj, file, *args, **kwargs):
+        if isinstance(file, str | os.PathLike):
+            Path(file).write_bytes(b"half a checkpoint")
+        else:
+            file.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space left"):
+        engine.run([0], max_epochs=2)  # a later final iteration: the saver replaces final.pt
+    with pytest.raises(OSError, match="No space left"):
+        ResumableTraining(tmp_path / "final.pt", {"model": network}).save(engine)
+    assert (tmp_path / "final.pt").read_bytes() == before  # the earlier file is intact
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["final.pt"]  # no temporary file left
+
+
+def test_epoch_seeds_differ_by_epoch_and_rank_and_reseed_the_data(tmp_path):
+    seeds = {epoch_seed(1, epoch, rank) for epoch in range(4) for rank in range(2)}
+    assert len(seeds) == 8 and epoch_seed(1, 2, 0) == epoch_seed(1, 2, 0)
+    drawn = []
+    engine = Engine(lambda engine, batch: drawn.append(torch.rand(1).item()))
+    ResumableTraining(tmp_path / "last.pt", {}, seed=3).attach(engine)
+    engine.add_event_handler(Events.EPOCH_STARTED, lambda engine: torch.rand(int(engine.state.epoch)))
+    engine.run([0], max_epochs=2)
+    torch.manual_seed(epoch_seed(3, 2, 0))
+    torch.rand(2)
+    assert drawn[1] == torch.rand(1).item()
