@@ -6,11 +6,13 @@ Every function takes one integer label image (2D or 3D, no channel axis) and ret
 Distances come from the ``edt`` package. One multi-label EDT call gives, for every voxel, the distance to the
 nearest voxel of another label, which is ``d_in`` of the voxel's own class for all classes at once; that single
 call replaces the per-class ``scipy.ndimage.distance_transform_edt`` loop of the original code and of MONAI's
-``BoundaryLoss`` (see ``scripts/bench_maps.py``).
+``BoundaryLoss`` (see ``scripts/bench_maps.py``). ``threads`` sets the EDT's threads (default: the CPUs this
+process may use).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import edt
@@ -71,7 +73,13 @@ def check_label(
     return np.ascontiguousarray(label, dtype=np.uint32), spacing
 
 
-def inside_distance(label: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+def _threads(threads: int | None) -> int:
+    return max(1, threads if threads is not None else len(os.sched_getaffinity(0)))
+
+
+def inside_distance(
+    label: np.ndarray, spacing: Sequence[float] | None = None, threads: int | None = None
+) -> np.ndarray:
     """Distance from every voxel to the nearest voxel with a different label (``d_in`` of its own class).
 
     Boundary voxels of a class get the distance to the neighbouring voxel (1 voxel, or the spacing along that
@@ -81,13 +89,14 @@ def inside_distance(label: np.ndarray, spacing: Sequence[float] | None = None) -
     Args:
         label: validated ``uint32`` label image (see :func:`check_label`).
         spacing: voxel size per axis, or None for voxel units.
+        threads: EDT threads; None for all CPUs available to the process.
 
     Returns:
         float32 array of the label's shape.
     """
     # edt treats label 0 as background (distance 0), so shift every class to a nonzero id.
     shifted = label + np.uint32(1)
-    return edt.edt(shifted, anisotropy=spacing, black_border=False, parallel=1)
+    return edt.edt(shifted, anisotropy=spacing, black_border=False, parallel=_threads(threads))
 
 
 def _class_counts(label: np.ndarray, num_classes: int) -> np.ndarray:
@@ -96,8 +105,10 @@ def _class_counts(label: np.ndarray, num_classes: int) -> np.ndarray:
 
 def _scatter_own_class(base: np.ndarray, label: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Write ``values[i]`` into ``base[label[i], i]`` for every voxel ``i`` (in place) and return ``base``."""
-    flat = base.reshape(base.shape[0], -1)
-    flat[label.ravel(), np.arange(label.size)] = values.ravel()
+    flat_index = label.ravel().astype(np.intp)
+    flat_index *= label.size
+    flat_index += np.arange(label.size)
+    np.put(base, flat_index, values)
     return base
 
 
@@ -106,6 +117,7 @@ def rrw_map(
     num_classes: int,
     spacing: Sequence[float] | None = None,
     class_weights: Sequence[float] | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Rectified region-wise (RRW) map.
 
@@ -118,6 +130,7 @@ def rrw_map(
         num_classes: number of classes ``C`` (background is class 0 and is treated like any class).
         spacing: voxel size per axis in mm; distances are in voxels when None.
         class_weights: optional per-class factor for the ``+1`` (outside) entries, to emphasise a class.
+        threads: EDT threads; None for all CPUs available to the process.
 
     Returns:
         float32 array ``(C, *spatial)``.
@@ -133,10 +146,11 @@ def rrw_map(
     if counts.max() == label.size:  # one class fills the image: no boundary, its map is -1
         z[int(np.argmax(counts))] = -1.0
         return z
-    distance = inside_distance(label, spacing)
+    distance = inside_distance(label, spacing, threads)
     class_max = np.zeros(num_classes, dtype=np.float32)
     np.maximum.at(class_max, label.ravel(), distance.ravel())
-    return _scatter_own_class(z, label, -distance / class_max[label])
+    distance /= -class_max[label]
+    return _scatter_own_class(z, label, distance)
 
 
 def _outside_values(num_classes: int, class_weights: Sequence[float] | None) -> np.ndarray:
@@ -151,7 +165,11 @@ def _outside_values(num_classes: int, class_weights: Sequence[float] | None) -> 
 
 
 def boundary_map(
-    label: np.ndarray, num_classes: int, spacing: Sequence[float] | None = None, offset: float = 0.0
+    label: np.ndarray,
+    num_classes: int,
+    spacing: Sequence[float] | None = None,
+    offset: float = 0.0,
+    threads: int | None = None,
 ) -> np.ndarray:
     """RW-Boundary map: Kervadec's boundary-loss distance map written as an RW map.
 
@@ -164,6 +182,7 @@ def boundary_map(
         num_classes: number of classes ``C``.
         spacing: voxel size per axis in mm; distances are in voxels when None.
         offset: subtracted from the inside distance.
+        threads: EDT threads; None for all CPUs available to the process.
 
     Returns:
         float32 array ``(C, *spatial)``.
@@ -179,9 +198,9 @@ def boundary_map(
         return z
     for c in np.flatnonzero(has_interface):
         # distance of every voxel outside c to the nearest voxel of c (zero inside c)
-        z[c] = edt.edt((label != c).view(np.uint8), anisotropy=spacing, black_border=False, parallel=1)
+        z[c] = edt.edt((label != c).view(np.uint8), anisotropy=spacing, black_border=False, parallel=_threads(threads))
     # at least two classes are present here, so every voxel's own class has an interface
-    return _scatter_own_class(z, label, -(inside_distance(label, spacing) - np.float32(offset)))
+    return _scatter_own_class(z, label, np.float32(offset) - inside_distance(label, spacing, threads))
 
 
 def active_contour_map(label: np.ndarray, num_classes: int) -> np.ndarray:

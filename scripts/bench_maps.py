@@ -15,6 +15,8 @@ Reports medians over repeats, the speed-up ratio and the largest absolute differ
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -72,9 +74,12 @@ def median_seconds(function: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_map_case(name: str, label: np.ndarray, num_classes: int, spacing, repeats: int) -> list[str]:
+def bench_map_case(
+    name: str, label: np.ndarray, num_classes: int, spacing, repeats: int, threads: int | None
+) -> list[str]:
     rows = []
-    for map_name, ours, baseline in (("RRW", rrw_map, scipy_rrw), ("RW-Boundary", boundary_map, scipy_boundary)):
+    for map_name, function, baseline in (("RRW", rrw_map, scipy_rrw), ("RW-Boundary", boundary_map, scipy_boundary)):
+        ours = functools.partial(function, threads=threads)
         difference = float(np.abs(ours(label, num_classes, spacing) - baseline(label, num_classes, spacing)).max())
         ours_s = median_seconds(lambda f=ours: f(label, num_classes, spacing), repeats)
         base_s = median_seconds(lambda f=baseline: f(label, num_classes, spacing), max(repeats // 2, 1))
@@ -110,8 +115,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--label", help="a NIfTI label volume to add as a case")
     parser.add_argument("--spacing-from-file", action="store_true", help="use the label file's voxel spacing")
+    parser.add_argument("--threads", type=int, help="EDT threads of our maps (default: all available CPUs)")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     side = 64 if args.quick else 128
     repeats = 3 if args.quick else args.repeats
 
@@ -128,11 +133,13 @@ def main() -> None:
         spacing = tuple(float(s) for s in image.header.get_zooms()[:3]) if args.spacing_from_file else None
         cases.append((args.label, label, int(label.max()) + 1, spacing))
 
-    print(f"torch threads: {torch.get_num_threads()}, repeats: {repeats} (baseline: {max(repeats // 2, 1)})\n")
+    edt_threads = args.threads or len(os.sched_getaffinity(0))
+    print(f"EDT threads (ours): {edt_threads}, scipy: 1, torch threads: {torch.get_num_threads()}, ", end="")
+    print(f"repeats: {repeats} (baseline: {max(repeats // 2, 1)})\n")
     print("| volume | map | C | ours (ms) | scipy loop (ms) | speed-up | max abs diff |")
     print("|---|---|---|---|---|---|---|")
     for name, label, num_classes, spacing in cases:
-        for row in bench_map_case(name, label, num_classes, spacing, repeats):
+        for row in bench_map_case(name, label, num_classes, spacing, repeats, args.threads):
             print(row, flush=True)
 
     print("\n| logits | RW loss fwd+bwd (ms) | MONAI DiceLoss fwd+bwd (ms) | RW / Dice |")
