@@ -82,6 +82,23 @@ def check_finite(array: np.ndarray, path: str | os.PathLike) -> None:
         raise ValueError(f"{path}: {nan} NaN and {inf} infinite intensities; fix or drop this image")
 
 
+def check_input_volume(path: str | os.PathLike, in_channels: int = 1) -> None:
+    """Check that a file to segment holds what the network takes, with finite intensities.
+
+    Args:
+        path: NIfTI file.
+        in_channels: channels of the network: 1 takes 3D volumes, more take 4D files with the channels (e.g. the
+            MR modalities of BraTS) along the last axis.
+
+    Raises:
+        ValueError: naming the file: unreadable, wrong number of dimensions or channels, NaN or infinite values.
+    """
+    array = load_volume(path, spatial_dims=3 if in_channels == 1 else 4)[0]
+    if in_channels > 1 and array.shape[-1] != in_channels:
+        raise ValueError(f"{path}: expected {in_channels} channels along the last axis, got shape {array.shape}")
+    check_finite(array, path)
+
+
 def save_label_like(label: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathLike) -> Path:
     """Write a label map atomically with the geometry (affine, qform/sform, units) of ``reference``.
 
@@ -97,8 +114,8 @@ def save_label_like(label: np.ndarray, reference: nib.Nifti1Image, path: str | o
         ValueError: ``label`` does not have the reference's shape.
         OSError: the file cannot be written (e.g. a full disk); the message names it, no partial file is left.
     """
-    if tuple(label.shape) != tuple(reference.shape):
-        raise ValueError(f"segmentation shape {label.shape} differs from the input's {reference.shape}")
+    if tuple(label.shape) != tuple(reference.shape[:3]):
+        raise ValueError(f"segmentation shape {label.shape} differs from the input's {reference.shape[:3]}")
     dtype = np.uint8 if label.max(initial=0) < 256 else np.uint16
     header = reference.header.copy()
     header.set_data_dtype(dtype)
@@ -211,6 +228,7 @@ def segment_folder(
     overwrite: bool = False,
     postfix: str = "",
     progress: bool = True,
+    in_channels: int = 1,
 ) -> FolderReport:
     """Segment every NIfTI file under ``input_dir`` into the mirrored path under ``output_dir``.
 
@@ -221,10 +239,12 @@ def segment_folder(
         overwrite: replace existing outputs; otherwise they are kept and counted.
         postfix: appended to each output file's stem (``name{postfix}.nii.gz``).
         progress: show a progress bar.
+        in_channels: channels of the network; multi-channel inputs are 4D files with the channels last, and the
+            segmentation is written on their 3D grid.
 
     Returns:
-        The report; a file that fails (unreadable, not a 3D volume, NaN or infinite intensities, an output that
-        cannot be written, e.g. on a full disk) is recorded with the reason and the run goes on.
+        The report; a file that fails (unreadable, wrong dimensions or channels, NaN or infinite intensities, an
+        output that cannot be written, e.g. on a full disk) is recorded with the reason and the run goes on.
 
     Raises:
         NotADirectoryError: ``input_dir`` is not a folder.
@@ -246,7 +266,7 @@ def segment_folder(
             report.kept.append(output_path)
             continue
         try:
-            check_finite(load_volume(image_path, spatial_dims=3)[0], image_path)
+            check_input_volume(image_path, in_channels)
             reference = nib.load(image_path)
             save_label_like(segmenter(image_path), reference, output_path)
         except Exception as error:  # one bad file must not stop the batch; the reason goes to the summary
@@ -265,6 +285,7 @@ def run_folder_segmentation(
     overwrite: bool = False,
     postfix: str = "",
     progress: bool = True,
+    in_channels: int = 1,
 ) -> FolderReport:
     """Command-line entry: load the weights, segment the folder, print the summary, exit nonzero on problems.
 
@@ -275,7 +296,7 @@ def run_folder_segmentation(
         if not Path(input_dir).is_dir():
             raise NotADirectoryError(f"{input_dir}: input folder does not exist or is not a folder")
         segmenter.load_weights(checkpoint)
-        report = segment_folder(input_dir, output_dir, segmenter, overwrite, postfix, progress)
+        report = segment_folder(input_dir, output_dir, segmenter, overwrite, postfix, progress, in_channels)
     except (FileNotFoundError, NotADirectoryError, ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from error

@@ -163,3 +163,30 @@ def test_volume_segmenter_loads_weights_and_checks_them(tmp_path):
     torch.save(BasicUNet(2, 1, 2, features=(4, 4, 4, 4, 4, 4)).state_dict(), weights)
     with pytest.raises(ValueError, match="does not fit this network"):
         segmenter.load_weights(weights)
+
+
+class ChannelMeanSegmenter(ThresholdSegmenter):
+    """Stands in for a multi-channel network: label 1 where the mean over the last (channel) axis is positive."""
+
+    def __call__(self, path: Path) -> np.ndarray:
+        return (np.asanyarray(nib.load(path).dataobj).mean(axis=-1) > 0).astype(np.uint8)
+
+
+def test_multi_channel_inputs_are_4d_files_segmented_on_their_3d_grid(tmp_path, checkpoint, capsys):
+    rng = np.random.default_rng(1)
+    inputs, output = tmp_path / "brats", tmp_path / "out"
+    affine = np.diag([1.0, 1.0, 1.5, 1.0])
+    save_nifti(rng.normal(size=(8, 9, 5, 4)).astype(np.float32), affine, inputs / "case1.nii.gz")
+    save_nifti(rng.normal(size=(8, 9, 5, 2)).astype(np.float32), affine, inputs / "two_modalities.nii.gz")
+    save_nifti(rng.normal(size=(8, 9, 5)).astype(np.float32), affine, inputs / "single.nii.gz")
+    with pytest.raises(SystemExit) as exit_info:
+        run_folder_segmentation(inputs, output, ChannelMeanSegmenter(), checkpoint, progress=False, in_channels=4)
+    assert exit_info.value.code == 1
+    summary = capsys.readouterr().out
+    assert "segmented 1 file(s), kept 0 existing output(s), 2 failure(s)" in summary
+    assert f"FAILED {inputs / 'two_modalities.nii.gz'}: expected 4 channels along the last axis" in summary
+    assert f"FAILED {inputs / 'single.nii.gz'}: expected a 4D volume, got shape (8, 9, 5)" in summary
+    written = nib.load(output / "case1.nii.gz")
+    assert written.shape == (8, 9, 5) and np.allclose(written.affine, affine)
+    expected = (np.asanyarray(nib.load(inputs / "case1.nii.gz").dataobj).mean(axis=-1) > 0).astype(np.uint8)
+    np.testing.assert_array_equal(np.asanyarray(written.dataobj), expected)
