@@ -10,7 +10,15 @@ specific to the bundle. Each piece has sections ``shared`` (merged into train.ya
 ``train``, ``evaluate``, ``inference``, ``multi_gpu``, ``metadata`` and ``docs``; the generator deep-merges
 ``templates/base.yaml``, the pieces in order and the spec's own sections (later wins; mappings merge key by key,
 anything else, and a component with another ``_target_``, is replaced; a key written ``name+`` appends its
-list to ``name``). It then writes
+list to ``name``).
+
+A spec with ``extends: <bundle>`` (a dataset/loss pairing of another bundle) is merged on top of that bundle's
+spec, resolved first (chains allowed; a cycle or an unknown bundle is an error naming the spec): its sections come
+after the parent's, and ``table``, ``data_license`` and ``pieces`` merge by the same rules, so the parent's
+``pieces`` are inherited unless the child sets ``pieces`` (replaces the list) or ``pieces+`` (appends to it). The
+parent specs are listed among the sources of the generated files, root first.
+
+It then writes
 ``configs/{train,evaluate,inference,multi_gpu_train}.yaml``, ``configs/metadata.json``, ``configs/logging.conf``,
 ``docs/README.md``, ``docs/data_license.txt`` and ``LICENSE``, each saying where it came from, and the README's
 bundle table between ``<!-- bundles:start -->`` and ``<!-- bundles:end -->``.
@@ -59,6 +67,7 @@ CONFIG_FILES = {  # generated file -> (sections merged into it, usage comment)
     ),
 }
 TABLE_COLUMNS = ("paper", "dataset", "loss", "network", "paper_result")
+SPEC_KEYS = {*SECTIONS, "extends", "pieces", "pieces+", "data_license", "table"}  # allowed at a spec's top level
 
 
 class SpecError(ValueError):
@@ -105,26 +114,55 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any], source: str) -> dic
     return merged
 
 
-def compose(spec_path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any], list[str]]:
-    """Merge base, pieces and spec into one mapping per section.
+def spec_chain(spec_path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:
+    """The spec and the specs it extends, each read once, the root first.
 
-    Returns:
-        The sections, the spec itself and the repository-relative sources in merge order.
+    ``extends: NAME`` names a sibling bundle folder (``<bundles>/NAME/bundle.yaml``).
+
+    Raises:
+        SpecError: unknown top-level keys, an ``extends`` that is not a bundle name, names no existing spec or
+            closes a cycle (names the spec file).
     """
     spec = read_yaml(spec_path)
-    unknown = set(spec) - {*SECTIONS, "pieces", "data_license", "table"}
+    unknown = set(spec) - SPEC_KEYS
     if unknown:
         raise SpecError(f"{spec_path}: unknown top-level keys {sorted(unknown)}")
-    sources = [TEMPLATES / "base.yaml", *(TEMPLATES / piece for piece in spec.get("pieces", [])), spec_path]
+    if "extends" not in spec:
+        return [(spec_path, spec)]
+    parent = spec["extends"]
+    if not isinstance(parent, str) or not parent or "/" in parent:
+        raise SpecError(f"{spec_path}: 'extends' must name another bundle (a folder under bundles/), got {parent!r}")
+    parent_path = spec_path.parent.parent / parent / SPEC_NAME
+    if parent_path in (*seen, spec_path):
+        cycle = " -> ".join(path.parent.name for path in (*seen, spec_path, parent_path))
+        raise SpecError(f"{spec_path}: 'extends' makes a cycle ({cycle})")
+    if not parent_path.is_file():
+        raise SpecError(f"{spec_path}: extends unknown bundle {parent!r} ({parent_path} not found)")
+    return [*spec_chain(parent_path, (*seen, spec_path)), (spec_path, spec)]
+
+
+def compose(spec_path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any], list[str]]:
+    """Merge base, pieces, the specs it extends (root first) and the spec into one mapping per section.
+
+    Returns:
+        The sections, the resolved spec (``pieces``, ``data_license`` and ``table`` merged along the ``extends``
+        chain) and the repository-relative sources in merge order.
+    """
+    chain = spec_chain(spec_path)
+    spec: dict[str, Any] = {}
+    for path, own in chain:
+        spec = deep_merge(spec, {key: value for key, value in own.items() if key not in SECTIONS}, str(path))
+    specs = dict(chain)
+    sources = [TEMPLATES / "base.yaml", *(TEMPLATES / piece for piece in spec.get("pieces", [])), *specs]
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for source in sources:
-        piece = spec if source == spec_path else read_yaml(source)
+        piece = specs[source] if source in specs else read_yaml(source)
         for name in SECTIONS:
             if name in piece:
                 if not isinstance(piece[name], dict):
                     raise SpecError(f"{source}: section '{name}' must be a mapping")
                 sections[name] = deep_merge(sections[name], piece[name], str(source))
-        stray = set(piece) - {*SECTIONS, "pieces", "data_license", "table"}
+        stray = set() if source in specs else set(piece) - set(SECTIONS)  # specs were checked by spec_chain
         if stray:
             raise SpecError(f"{source}: unknown sections {sorted(stray)}; use {list(SECTIONS)}")
     return sections, spec, [source.relative_to(REPO).as_posix() for source in sources]
@@ -164,8 +202,10 @@ def render_config(sections: dict[str, dict[str, Any]], parts: tuple[str, ...]) -
 
 
 def render_docs(name: str, sections: dict[str, dict[str, Any]], sources: list[str]) -> str:
-    """Fill ``templates/README.md.in`` with the merged ``docs`` section and the references of the metadata."""
-    fields = {**sections["docs"], "bundle": name}
+    """Fill ``templates/README.md.in`` with the merged ``docs`` section, the train ``method`` and the references."""
+    if "method" not in sections["train"]:
+        raise SpecError(f"bundle {name}: the train section lacks 'method' (the loss that --method selects)")
+    fields = {**sections["docs"], "bundle": name, "default_method": sections["train"]["method"]}
     fields["references"] = "\n".join(f"- {reference}" for reference in sections["metadata"].get("references", []))
     template = (TEMPLATES / "README.md.in").read_text()
     try:
@@ -200,7 +240,8 @@ def bundle_files(spec_path: Path) -> tuple[dict[str, str], dict[str, str]]:
     missing = [column for column in TABLE_COLUMNS if column not in table]
     if missing:
         raise SpecError(f"{spec_path}: 'table' lacks {missing}")
-    row = {"bundle": f"`{name}`", **{column: str(table[column]).strip() for column in TABLE_COLUMNS}}
+    cell = f"`{name}` (extends `{spec['extends']}`)" if "extends" in spec else f"`{name}`"
+    row = {"bundle": cell, **{column: str(table[column]).strip() for column in TABLE_COLUMNS}}
     return files, row
 
 
@@ -223,7 +264,9 @@ def readme_table(rows: list[dict[str, str]]) -> str:
     titles = ("bundle", "paper", "dataset", "loss", "network", "paper's reported result")
     lines = [
         "Generated from `bundles/*/bundle.yaml` and `templates/` by `python scripts/generate_bundles.py` (`--check` in"
-        " the tests); `--method` switches a bundle to the paper's baselines.",
+        " the tests). One bundle per dataset/loss pairing of the papers, each with its own weights and metadata; a"
+        " bundle that extends another is a baseline pairing of the same paper and differs from it only by its loss."
+        " `--method` switches any bundle to the paper's other losses.",
         "",
         "| " + " | ".join(titles) + " |",
         "|" + "---|" * len(titles),

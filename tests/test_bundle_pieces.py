@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from monai.bundle import ConfigParser
 
 from common.data import load_datalist
 from common.engines import GradientClipping
@@ -23,8 +21,6 @@ from common.methods import (
     sa_dice_loss,
 )
 from common.transforms import RWMapd
-
-BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
 
 
 def rw_batch(num_classes: int = 3) -> dict[str, torch.Tensor]:
@@ -84,16 +80,6 @@ def test_sa_dice_methods_weight_the_resolutions(method):
     }
     torch.testing.assert_close(loss.alpha.detach(), torch.tensor(expected[method]))
     assert bool(list(loss.parameters())) == (method == "sa_dice_wmla_trainable")
-
-
-def test_trainable_alpha_reaches_the_optimizer_of_the_sa_dice_bundles():
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLES_DIR / "aorta_sadice" / "configs" / "train.yaml"))
-    parser.update({"method": "sa_dice_wmla_trainable", "num_classes": 2, "filters": [4, 8, 8, 8]})
-    optimizer = parser.get_parsed_content("optimizer")
-    loss = parser.get_parsed_content("loss")
-    optimised = {id(parameter) for group in optimizer.param_groups for parameter in group["params"]}
-    assert id(loss.theta) in optimised
 
 
 def test_gradient_clipping_limits_the_l2_norm_before_the_step():

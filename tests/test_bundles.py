@@ -1,8 +1,11 @@
-"""Every bundle end to end on tiny fake data in its release's raw layout, prepared by the real preparation scripts.
+"""The bundles: generated files, metadata, the loss each one trains, and end-to-end runs on tiny fake data.
 
-For each bundle: the generated files are up to date, the metadata is valid and matches the network, and the
-standard ``monai.bundle run`` configs train (one epoch, two volumes), evaluate (per-case tables) and segment.
-Networks and sizes are shrunk by overrides only.
+For every bundle: the generated files are up to date and say where they come from, the metadata is valid and
+matches the network, and the train config builds the loss and target of the bundle's pairing. The bundles that
+extend no other (one per data set and network) also run end to end on tiny fake data in their release's raw
+layout, prepared by the real preparation scripts: the standard ``monai.bundle run`` configs train (one epoch, two
+volumes), evaluate (per-case tables) and segment. A pairing bundle that extends one of them differs from it only
+by ``method``, whose losses tests/test_bundle_pieces.py trains. Networks and sizes are shrunk by overrides only.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 from monai.bundle import ConfigParser, run, verify_metadata, verify_net_in_out
+from monai.losses import DiceLoss, FocalLoss
 
 from common.fake_releases import write_fake_brats, write_fake_kits19, write_fake_msd
+from common.handlers import AlphaScheduleHandler
+from common.losses import ExpLogLoss, MultiResolutionLoss, RegionWiseLoss, RWCombinedLoss, RWWeightedCrossEntropyLoss
 from common.synthetic import write_acdc_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning")
@@ -46,6 +52,7 @@ class BundleCase:
     inference: dict[str, Any] = field(default_factory=dict)  # settings inference.yaml cannot read from a datalist
 
 
+# the bundles run end to end: those that extend no other bundle
 CASES = {
     "acdc17_rrw": BundleCase("acdc", TINY_2D, {"samples_per_volume": 2}),
     "brats18_rrw": BundleCase("brats", TINY_2D, {"samples_per_volume": 2}, frozenset({0, 1, 2, 4}), True),
@@ -57,6 +64,39 @@ CASES = {
     "brats17_sadice": BundleCase("brats", TINY_SA_UNET, {}, frozenset({0, 1, 2, 4}), True),
     "aorta_sadice": BundleCase("msd_aorta", TINY_SA_UNET, {}, frozenset({0, 1})),
 }
+
+
+# every bundle -> the method its train config selects (the loss of its dataset/loss pairing)
+METHODS = {
+    **{
+        f"{data}_{suffix}": method
+        for data in ("acdc17", "brats18", "kits19")
+        for suffix, method in (
+            ("rrw", "rw"),
+            ("boundary", "boundary"),
+            ("dice", "dice"),
+            ("focal", "focal"),
+            ("rrw_ce", "rrw_ce"),
+        )
+    },
+    **{
+        f"{data}_{suffix}": method
+        for data in ("brats17", "aorta")
+        for suffix, method in (
+            ("sadice", "sa_dice_wmla"),
+            ("sadice_only", "sa_dice"),
+            ("sadice_trainable", "sa_dice_wmla_trainable"),
+        )
+    },
+    "brain_explog": "exp_log",
+    "brain_explog_vnet": "exp_log",
+}
+ALL_BUNDLES = sorted(path.parent.name for path in BUNDLES_DIR.glob("*/bundle.yaml"))
+
+
+def root_bundle(name: str) -> str:
+    """The bundle at the root of ``name``'s ``extends`` chain (``name`` itself when it extends none)."""
+    return GENERATOR["spec_chain"](BUNDLES_DIR / name / "bundle.yaml")[0][0].parent.name
 
 
 def prepare(script: str, root: Path) -> Path:
@@ -80,7 +120,8 @@ RELEASE_WRITERS: dict[str, Callable[[Path], Path]] = {
 
 
 def test_every_bundle_has_a_test_case():
-    assert sorted(CASES) == sorted(path.parent.name for path in BUNDLES_DIR.glob("*/bundle.yaml"))
+    assert sorted(METHODS) == ALL_BUNDLES
+    assert sorted(CASES) == sorted({root_bundle(name) for name in ALL_BUNDLES})
 
 
 def test_generated_files_are_up_to_date():
@@ -104,6 +145,72 @@ def test_generator_reports_a_broken_spec(tmp_path, monkeypatch):
         GENERATOR["compose"](spec)
 
 
+@pytest.fixture
+def spec_folder(tmp_path, monkeypatch) -> Callable[[str, str], Path]:
+    """Writes specs under ``tmp_path/bundles/<name>/``, with the generator reading templates copied there."""
+    shutil.copytree(REPO / "templates", tmp_path / "templates")
+    module = GENERATOR["compose"].__globals__
+    monkeypatch.setitem(module, "REPO", tmp_path)
+    monkeypatch.setitem(module, "TEMPLATES", tmp_path / "templates")
+
+    def write(name: str, text: str) -> Path:
+        spec = tmp_path / "bundles" / name / "bundle.yaml"
+        spec.parent.mkdir(parents=True)
+        spec.write_text(text)
+        return spec
+
+    return write
+
+
+def test_extends_merges_the_child_on_top_of_the_parent_spec(spec_folder):
+    parent = (BUNDLES_DIR / "aorta_sadice" / "bundle.yaml").read_text()
+    spec_folder("parent", parent.replace("num_classes: 2", "num_classes: 2\n  extra: [1]"))
+    spec_folder(
+        "child",
+        "extends: parent\ntrain: {method: sa_dice, imports+: ['$import math']}\nshared: {extra+: [2]}\n"
+        "table: {loss: SA Dice only}\nmetadata: {name: Child}\n",
+    )
+    grandchild = spec_folder("grandchild", "extends: child\npieces+: [networks/vnet.yaml]\ndocs: {title: G}\n")
+    sections, spec, sources = GENERATOR["compose"](grandchild)
+    pieces = ["datasets/msd.yaml", "families/sa_dice3d.yaml", "networks/sa_unet.yaml", "networks/vnet.yaml"]
+    assert spec["pieces"] == pieces  # inherited, then appended to
+    assert sources == [
+        "templates/base.yaml",
+        *(f"templates/{piece}" for piece in pieces),
+        "bundles/parent/bundle.yaml",
+        "bundles/child/bundle.yaml",
+        "bundles/grandchild/bundle.yaml",
+    ]
+    assert (spec["data_license"], spec["extends"]) == ("aorta.txt", "child")
+    assert spec["table"]["loss"] == "SA Dice only" and spec["table"]["network"].startswith("3D U-Net")
+    assert (sections["train"]["method"], sections["train"]["dataset_dir"]) == ("sa_dice", "/workspace/data/Aorta")
+    assert sections["train"]["imports"][-2:] == ["$from common.methods import sa_dice_loss", "$import math"]
+    assert sections["shared"]["extra"] == [1, 2]  # a child's key+ appends to the parent's list
+    assert sections["shared"]["network_def"]["_target_"] == "VNet"  # the appended piece, later wins
+    assert (sections["metadata"]["name"], sections["docs"]["title"]) == ("Child", "G")
+    assert sections["metadata"]["task"] == "Segmentation of the aorta in CT"
+
+
+def test_extends_reports_unknown_parents_and_cycles(spec_folder):
+    orphan = spec_folder("orphan", "extends: missing\n")
+    with pytest.raises(GENERATOR["SpecError"], match=r"orphan/bundle.yaml: extends unknown bundle 'missing'"):
+        GENERATOR["compose"](orphan)
+    spec_folder("first", "extends: second\n")
+    second = spec_folder("second", "extends: first\n")
+    with pytest.raises(
+        GENERATOR["SpecError"], match=r"first/bundle.yaml: 'extends' makes a cycle \(second -> first -> second\)"
+    ):
+        GENERATOR["compose"](second)
+    itself = spec_folder("itself", "extends: itself\n")
+    with pytest.raises(
+        GENERATOR["SpecError"], match=r"itself/bundle.yaml: 'extends' makes a cycle \(itself -> itself\)"
+    ):
+        GENERATOR["compose"](itself)
+    path = spec_folder("path", "extends: ../acdc17_rrw\n")
+    with pytest.raises(GENERATOR["SpecError"], match=r"path/bundle.yaml: 'extends' must name another bundle"):
+        GENERATOR["compose"](path)
+
+
 @pytest.fixture(scope="module")
 def releases(tmp_path_factory) -> dict[str, Path]:
     """Prepared fake releases, written on first use."""
@@ -117,7 +224,17 @@ def releases(tmp_path_factory) -> dict[str, Path]:
     return get
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", ALL_BUNDLES)
+def test_pairing_headers_name_the_parent_spec(name):
+    specs = GENERATOR["spec_chain"](BUNDLES_DIR / name / "bundle.yaml")
+    chain = [path.relative_to(REPO).as_posix() for path, _ in specs]
+    for relative in ("configs/train.yaml", "configs/inference.yaml", "docs/README.md"):
+        first_line = (BUNDLES_DIR / name / relative).read_text().splitlines()[0]
+        listed = first_line.split(" from ", 1)[1].split("; do not edit")[0].split(", ")
+        assert listed[-len(chain) :] == chain, relative  # the parent specs, root first, then the bundle's own
+
+
+@pytest.mark.parametrize("name", ALL_BUNDLES)
 def test_metadata_is_valid_and_matches_the_network(name, schema_file):
     configs = BUNDLES_DIR / name / "configs"
     verify_metadata(meta_file=str(configs / "metadata.json"), filepath=str(schema_file))
@@ -127,11 +244,53 @@ def test_metadata_is_valid_and_matches_the_network(name, schema_file):
         config_file=str(configs / "inference.yaml"),
         n=2,
         device="cpu",
-        **CASES[name].network,
+        **CASES[root_bundle(name)].network,
     )
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", ALL_BUNDLES)
+def test_train_config_builds_the_loss_of_its_pairing(name):
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES_DIR / name / "configs" / "train.yaml"))
+    parser.update({**CASES[root_bundle(name)].network, "num_classes": 3, "in_channels": 1, "label_weights": None})
+    method = METHODS[name]
+    assert parser["method"] == method
+    target_key = parser.get_parsed_content("target_key")
+    loss = parser.get_parsed_content("loss")
+    if method in {"rw", "boundary", "dice", "focal", "rrw_ce"}:
+        expected = {
+            "rw": (RegionWiseLoss, "rw_map", "rrw"),
+            "boundary": (RWCombinedLoss, "target", "boundary"),
+            "dice": (DiceLoss, "label", "rrw"),
+            "focal": (FocalLoss, "label", "rrw"),
+            "rrw_ce": (RWWeightedCrossEntropyLoss, "target", "rrw"),
+        }[method]
+        method_loss = parser.get_parsed_content("method_loss")
+        assert loss.loss is method_loss
+        assert (type(method_loss), target_key, parser.get_parsed_content("map_type")) == expected
+        handlers = parser.get_parsed_content("train#extra_handlers")
+        assert [type(handler) for handler in handlers] == ([AlphaScheduleHandler] if method == "boundary" else [])
+        if method == "boundary":  # alpha from 1 down by 0.01 per epoch to 0.01
+            assert (method_loss.region, method_loss.schedule) == ("dice", "gradual")
+            assert [method_loss.set_epoch(epoch) for epoch in (0, 1, 150)] == pytest.approx([1.0, 0.99, 0.01])
+        if method == "focal":
+            assert method_loss.gamma == 2.0
+    elif method == "exp_log":
+        assert isinstance(loss, MultiResolutionLoss) and isinstance(loss.loss, ExpLogLoss)
+        assert (loss.loss.w_dice, loss.loss.w_cross, loss.loss.gamma, target_key) == (0.8, 0.2, 0.3, "label")
+    else:
+        assert isinstance(loss, MultiResolutionLoss) and target_key == "label"
+        alpha = [1.0, 0.0, 0.0] if method == "sa_dice" else [1.0, 0.1, 0.01]
+        assert loss.alpha.detach().tolist() == pytest.approx(alpha)
+        trainable = method == "sa_dice_wmla_trainable"
+        assert bool(list(loss.parameters())) == trainable
+        if trainable:  # the learnt alpha reaches the optimiser
+            optimizer = parser.get_parsed_content("optimizer")
+            optimised = {id(parameter) for group in optimizer.param_groups for parameter in group["params"]}
+            assert id(loss.theta) in optimised
+
+
+@pytest.mark.parametrize("name", ALL_BUNDLES)
 def test_inference_config_repeats_the_training_network(name):
     configs = BUNDLES_DIR / name / "configs"
     train, inference = ConfigParser(), ConfigParser()
@@ -191,18 +350,11 @@ def test_bundle_trains_evaluates_and_segments(name, releases, tmp_path):
     settings = {**case.network, **case.inference, "bundle_root": str(tmp_path)}
     if case.multi_channel:
         source = stack_modalities(validation_case["image"], release, inputs / "case.nii.gz")
-        parser = ConfigParser()
-        parser.read_config(inference)
-        parser.update(settings)
-        segmenter = parser.get_parsed_content("segmenter")
-        segmenter.load_weights(tmp_path / "models" / "model.pt")
-        labels = segmenter(source)
-        assert labels.shape == nib.load(source).shape[:3]
     else:
         source = Path(shutil.copy(validation_case["image"], inputs / "case.nii.gz"))
-        run(config_file=inference, dataset_dir=str(inputs), output_dir=str(outputs), progress=False, **settings)
-        result = nib.load(outputs / "case.nii.gz")
-        assert result.shape == nib.load(source).shape
-        np.testing.assert_allclose(result.affine, nib.load(source).affine, atol=1e-5)
-        labels = np.asanyarray(result.dataobj)
+    run(config_file=inference, dataset_dir=str(inputs), output_dir=str(outputs), progress=False, **settings)
+    result = nib.load(outputs / "case.nii.gz")
+    assert result.shape == nib.load(source).shape[:3]
+    np.testing.assert_allclose(result.affine, nib.load(source).affine, atol=1e-5)
+    labels = np.asanyarray(result.dataobj)
     assert set(np.unique(labels).tolist()) <= case.label_values
