@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
+from common.data import collect_acdc_cases, make_datalist, split_subjects, write_json_atomic
 from common.synthetic import write_acdc_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +27,16 @@ def acdc_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root, num_subjects=4, seed=0, shape=TINY_ACDC_SHAPE, spacing=TINY_ACDC_SPACING, num_frames=3, with_cine=True
     )
     return root
+
+
+@pytest.fixture(scope="session")
+def prepared_acdc_release(acdc_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of ``acdc_release`` with its seeded 50/50 ``datalist.json`` (read-only for the tests)."""
+    release = tmp_path_factory.mktemp("acdc_prepared")
+    shutil.copytree(acdc_release, release, dirs_exist_ok=True)
+    training, validation = split_subjects(collect_acdc_cases(release).cases, 0.5, seed=0)
+    write_json_atomic(make_datalist(training, validation), release / "datalist.json")
+    return release
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import torch
 from monai.bundle import ConfigParser, run
 from monai.data import MetaTensor
 
-from common.data import collect_acdc_cases, make_datalist, split_subjects, write_json_atomic
 from common.engines import StackedDeepSupervisionLoss
 from common.losses import RegionWiseLoss
 
@@ -30,12 +29,8 @@ TINY_NETWORK = {"patch_size": [64, 64], "filters": [4, 8, 8, 16, 16, 16], "sw_ba
 
 
 @pytest.fixture(scope="module")
-def prepared_release(acdc_release, tmp_path_factory) -> Path:
-    release = tmp_path_factory.mktemp("acdc_prepared")
-    shutil.copytree(acdc_release, release, dirs_exist_ok=True)
-    training, validation = split_subjects(collect_acdc_cases(release).cases, 0.5, seed=0)
-    write_json_atomic(make_datalist(training, validation), release / "datalist.json")
-    return release
+def prepared_release(prepared_acdc_release) -> Path:
+    return prepared_acdc_release
 
 
 @pytest.fixture(scope="module")

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import ast
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-from common.data import collect_acdc_cases, make_datalist, split_subjects, write_json_atomic
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +22,13 @@ CONFIGS = [
     str(OVERLAYS / "multi_gpu_probe.yaml"),
 ]
 TINY_NETWORK = {"patch_size": [64, 64], "filters": [4, 8, 8, 16, 16, 16], "sw_batch_size": 8}
+SPLITS = ("training", "validation")
 RANK0_ONLY = ["AtomicCheckpointSaver", "StatsHandler", "TensorBoardStatsHandler", "ProgressBar"]
 
 
 @pytest.fixture(scope="module")
-def distributed_run(acdc_release, tmp_path_factory) -> dict:
-    data = tmp_path_factory.mktemp("acdc_ddp")
-    shutil.copytree(acdc_release, data, dirs_exist_ok=True)
-    training, validation = split_subjects(collect_acdc_cases(data).cases, 0.5, seed=0)
-    write_json_atomic(make_datalist(training, validation), data / "datalist.json")
+def distributed_run(prepared_acdc_release, tmp_path_factory) -> dict:
+    data = prepared_acdc_release
     root, probe = tmp_path_factory.mktemp("ddp_run"), tmp_path_factory.mktemp("ddp_probe")
     overrides = {
         **TINY_NETWORK,
@@ -56,7 +51,8 @@ def distributed_run(acdc_release, tmp_path_factory) -> dict:
         rank: [ast.literal_eval(line) for line in (probe / f"rank{rank}.txt").read_text().splitlines()]
         for rank in (0, 1)
     }
-    return {"root": root, "records": records, "training": training, "validation": validation, "data": data}
+    datalist = json.loads((data / "datalist.json").read_text())
+    return {"root": root, "records": records, "data": data, **{split: datalist[split] for split in SPLITS}}
 
 
 def field(records: list[dict], key: str) -> list:
@@ -65,7 +61,7 @@ def field(records: list[dict], key: str) -> list:
 
 def test_the_two_ranks_train_and_validate_on_disjoint_data(distributed_run):
     records, data = distributed_run["records"], distributed_run["data"]
-    for split, key in (("training", "train"), ("validation", "validate")):
+    for split, key in zip(SPLITS, ("train", "validate"), strict=True):
         expected = {str(data / case["image"]) for case in distributed_run[split]}
         per_rank = [[name for batch in field(records[rank], key) for name in batch] for rank in (0, 1)]
         for epoch in range(2):  # every epoch splits the cases between the ranks

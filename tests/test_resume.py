@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,6 @@ from monai.bundle import ConfigParser
 from monai.networks.nets import DynUNet
 
 from common.checkpoint import AtomicCheckpointSaver, ResumableTraining, epoch_seed, load_checkpoint
-from common.data import collect_acdc_cases, make_datalist, split_subjects, write_json_atomic
 
 pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning")
 
@@ -30,12 +28,8 @@ ITERATIONS_PER_EPOCH = 2  # 2 training subjects x 2 frames, 2 volumes per batch
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(acdc_release, tmp_path_factory) -> Path:
-    release = tmp_path_factory.mktemp("acdc_resume")
-    shutil.copytree(acdc_release, release, dirs_exist_ok=True)
-    training, validation = split_subjects(collect_acdc_cases(release).cases, 0.5, seed=0)
-    write_json_atomic(make_datalist(training, validation), release / "datalist.json")
-    return release
+def dataset_dir(prepared_acdc_release) -> Path:
+    return prepared_acdc_release
 
 
 def settings(dataset_dir: Path, bundle_root: Path) -> dict:
