@@ -44,7 +44,14 @@ from monai.handlers import CheckpointSaver
 
 from common.data import atomic_output
 
-__all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "ResumableTraining", "epoch_seed", "load_checkpoint"]
+__all__ = [
+    "AtomicCheckpointSaver",
+    "AtomicDiskSaver",
+    "ResumableTraining",
+    "epoch_seed",
+    "load_checkpoint",
+    "read_network_state",
+]
 
 MAX_SEED = 2**32
 
@@ -121,6 +128,32 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 def _unwrap(obj: Any) -> Any:
     """The module inside ``DistributedDataParallel``/``DataParallel``, so that checkpoints do not depend on it."""
     return obj.module if isinstance(obj, torch.nn.DataParallel | torch.nn.parallel.DistributedDataParallel) else obj
+
+
+def read_network_state(checkpoint: str | os.PathLike, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
+    """Read the network weights of a checkpoint as a bare state dict (``weights_only`` loading).
+
+    Accepts a bare state dict or a training checkpoint holding it under ``"model"``; the ``module.`` prefixes of a
+    ``DistributedDataParallel`` network are removed.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a checkpoint holding tensors (the message names it).
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for foreign or corrupt files
+        raise ValueError(f"{path}: cannot read as a weights-only PyTorch checkpoint ({error})") from error
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{path}: holds no state dict of tensors (nor one under 'model')")
+    if all(key.startswith("module.") for key in state):  # saved from DistributedDataParallel
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    return state
 
 
 def load_checkpoint(filename: str | os.PathLike, load_dict: Mapping[str, Any], map_location: Any = "cpu") -> None:

@@ -12,7 +12,6 @@ through :class:`VolumeSegmenter` and calls :func:`run_folder_segmentation` from 
 from __future__ import annotations
 
 import os
-import pickle
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.checkpoint import read_network_state
 from common.data import atomic_output, load_volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -163,19 +163,19 @@ class VolumeSegmenter:
         self.pred_key = pred_key
 
     def load_weights(self, checkpoint: str | os.PathLike) -> None:
-        """Load a state dict saved by the training (plain, or under a ``"model"`` key as ``CheckpointSaver`` does).
+        """Load the weights saved by the training (see :func:`common.checkpoint.read_network_state`).
 
         Raises:
             FileNotFoundError: the checkpoint does not exist.
-            ValueError: the file is not a checkpoint of this network.
+            ValueError: the file is not a checkpoint, or not one of this network.
         """
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
             raise FileNotFoundError(f"{checkpoint}: checkpoint not found; train the bundle first or pass --ckpt_path")
+        state = read_network_state(checkpoint, self.device)
         try:
-            state = torch.load(checkpoint, map_location=self.device, weights_only=True)
-            self.network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-        except (RuntimeError, KeyError, AttributeError, OSError, pickle.UnpicklingError) as error:
+            self.network.load_state_dict(state)
+        except RuntimeError as error:
             first_line = str(error).strip().splitlines()[0]
             raise ValueError(
                 f"{checkpoint}: does not fit this network ({first_line}); the network settings (filters, "

@@ -46,6 +46,8 @@ from typing import Any
 import torch
 import yaml
 
+from common.checkpoint import read_network_state
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "common"
 VENDOR_PACKAGE = "scripts"
@@ -150,25 +152,6 @@ def distribution_versions(top_level_names: Iterable[str], extra: Iterable[str] =
         except importlib.metadata.PackageNotFoundError:
             continue
     return versions
-
-
-def bare_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """Read the network weights of a training checkpoint as a bare state dict (``weights_only`` loading).
-
-    Raises:
-        ValueError: the file is not a checkpoint holding tensors (the message names it).
-    """
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for foreign or corrupt files
-        raise ValueError(f"{checkpoint}: cannot read as a weights-only PyTorch checkpoint ({error})") from error
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f"{checkpoint}: holds no state dict of tensors (nor one under 'model')")
-    if all(key.startswith("module.") for key in state):  # saved from DistributedDataParallel
-        state = {key.removeprefix("module."): value for key, value in state.items()}
-    return state
 
 
 def parse_settings(items: Iterable[str]) -> dict[str, Any]:
@@ -282,7 +265,7 @@ def export_bundle(
         if missing := set(settings) - replaced:
             raise ValueError(f"--set {sorted(missing)}: not a top-level one-line setting of {name}'s configs")
 
-        state = bare_state_dict(checkpoint)
+        state = read_network_state(checkpoint)
         with tempfile.TemporaryDirectory() as check_dir:  # the repository's configs with the settings applied
             original = Path(check_dir) / "inference.yaml"
             original.write_text(apply_settings((configs / "inference.yaml").read_text(), settings)[0])
