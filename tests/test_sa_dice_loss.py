@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812
 from monai.losses import DiceLoss
 
-from common.losses import SADiceLoss
+from common.losses import SADiceCELoss, SADiceLoss
 
 
 @pytest.mark.parametrize("include_background", [True, False])
@@ -70,3 +71,31 @@ def test_gradients_finite_for_float16_and_empty_classes():
     value = SADiceLoss(to_onehot_y=True, softmax=True)(logits, labels)
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(logits.grad).all() and logits.grad.dtype == torch.float16
+
+
+def test_binary_foreground_dice_is_equation_4():
+    # Eq. 4 for a binary task: D_SA = 2 sum p g / (sum p + sum g) over the foreground of the whole batch
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 2, 5, 4, 3, generator=generator)
+    labels = torch.randint(0, 2, (2, 1, 5, 4, 3), generator=generator)
+    foreground, truth = logits.softmax(1)[:, 1], (labels[:, 0] == 1).float()
+    expected = 1 - 2 * (foreground * truth).sum() / (foreground.sum() + truth.sum())
+    loss = SADiceLoss(include_background=False, to_onehot_y=True, softmax=True, smooth_nr=0.0, smooth_dr=0.0)
+    torch.testing.assert_close(loss(logits, labels), expected)
+
+
+@pytest.mark.parametrize(("lambda_dice", "lambda_ce"), [(1.0, 1.0), (1.0, 0.5)])
+def test_sa_dice_ce_adds_the_voxel_wise_cross_entropy(lambda_dice, lambda_ce):
+    generator = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 4, 6, 5, 4, generator=generator)
+    labels = torch.randint(0, 4, (2, 1, 6, 5, 4), generator=generator)
+    common = {"to_onehot_y": True, "softmax": True}
+    sa_dice = SADiceLoss(**common)(logits, labels)
+    cross_entropy = F.cross_entropy(logits, labels[:, 0])  # mean over every voxel of the batch
+    loss = SADiceCELoss(lambda_dice=lambda_dice, lambda_ce=lambda_ce, **common)
+    torch.testing.assert_close(
+        loss(logits.half(), labels), lambda_dice * sa_dice + lambda_ce * cross_entropy, atol=2e-3, rtol=0
+    )
+    torch.testing.assert_close(loss(logits, labels), lambda_dice * sa_dice + lambda_ce * cross_entropy)
+    with pytest.raises(ValueError, match="batch"):
+        SADiceCELoss(batch=False)

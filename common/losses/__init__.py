@@ -3,7 +3,7 @@
 from common.losses.exp_log import ExpLogLoss, label_weights_from_datalist, label_weights_from_frequencies
 from common.losses.multi_resolution import MultiResolutionLoss
 from common.losses.region_wise import RegionWiseLoss, RWCombinedLoss, RWWeightedCrossEntropyLoss
-from common.losses.sa_dice import SADiceLoss
+from common.losses.sa_dice import SADiceCELoss, SADiceLoss
 
 __all__ = [
     "ExpLogLoss",
@@ -11,6 +11,7 @@ __all__ = [
     "RWCombinedLoss",
     "RWWeightedCrossEntropyLoss",
     "RegionWiseLoss",
+    "SADiceCELoss",
     "SADiceLoss",
     "label_weights_from_datalist",
     "label_weights_from_frequencies",

@@ -1,6 +1,6 @@
 """The 3D network of Wong et al. 2018 (arXiv 1809.00076), built from MONAI blocks.
 
-Paper: "3D Segmentation with Exponential Logarithmic Loss for Highly Unbalanced Object Sizes".
+Paper: "3D Segmentation with Exponential Logarithmic Loss for Highly Unbalanced Object Sizes", Sec. 2.1 and Fig. 1.
 """
 
 from __future__ import annotations
@@ -43,25 +43,71 @@ class GaussianNoise(nn.Module):
         return x
 
 
+def _block(spatial_dims: int, in_channels: int, out_channels: int, convs: int) -> ResidualUnit:
+    """The paper's Block(n, k): k cascading 3x3x3 conv + BN + ReLU layers plus an additive 1x1x1 conv skip.
+
+    MONAI's ``ResidualUnit`` has exactly this form; its residual path is a 1x1x1 conv whenever the channel count
+    changes, which it does in every block of this network.
+    """
+    return ResidualUnit(
+        spatial_dims,
+        in_channels,
+        out_channels,
+        kernel_size=3,
+        subunits=convs,
+        act="RELU",
+        norm="BATCH",
+        adn_ordering="NA",
+    )
+
+
+def _nearest_upsample(spatial_dims: int, in_channels: int, out_channels: int, scale: int) -> UpSample:
+    """Keras' ``UpSampling3D`` (voxel repetition), preceded by a 1x1x1 conv when the channel count changes."""
+    return UpSample(
+        spatial_dims,
+        in_channels,
+        out_channels,
+        scale_factor=scale,
+        mode="nontrainable",
+        interp_mode="nearest",
+        align_corners=None,
+    )
+
+
+class _DecoderLevel(nn.Module):
+    """One decoder level: upsample by 2 and halve the channels, concatenate the encoder features, apply a block."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, convs: int) -> None:
+        super().__init__()
+        self.upsample = _nearest_upsample(spatial_dims, in_channels, out_channels, 2)
+        self.block = _block(spatial_dims, 2 * out_channels, out_channels, convs)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.block(torch.cat([self.upsample(x), skip], dim=1))
+
+
 class WongNet3D(nn.Module):
-    """Encoder-decoder of residual blocks with concatenated skips and deep supervision (Wong et al. 2018).
+    """Encoder-decoder of residual blocks with concatenated skips and deep supervision (Wong et al. 2018, Fig. 1).
 
-    Each level is a block of ``convs_per_block[l]`` cascading 3x3x3 conv + batch norm + ReLU layers with
-    ``channels[l]`` channels plus an additive 1x1x1 convolution of the block input (MONAI ``ResidualUnit``: its
-    residual path is a 1x1x1 conv whenever the channel count changes, which it does in every block here).
-    Channels double after each 2x max pooling; the decoder halves the channels with a 1x1x1 conv, upsamples by
-    nearest-neighbour repetition (as Keras' ``UpSampling3D``; fewer parameters than a transposed conv),
-    concatenates the encoder features of the same level and applies a block. Gaussian noise is added to the
-    input and dropout follows the widest (bottom) block, both only in training mode. Deep supervision heads
-    (1x1x1 convs) read every decoder block except the full-resolution one (which feeds the main 1x1x1 output conv);
-    the widest block has no head. The outputs are logits: the paper's final softmax belongs to the loss and the
-    post-processing, as usual in MONAI.
+    What the text fixes: blocks of ``k`` cascading 3x3x3 conv + BN + ReLU layers with ``n`` channels and an additive
+    1x1x1 conv skip; ``n`` doubled after each 2x max pooling and halved after each upsampling; more layers in the
+    blocks of smaller tensors; encoder features concatenated in the decoder; a Gaussian noise layer and a dropout
+    layer; the widest block is Block(192, 3); about 5 M parameters; a final 1x1x1 conv + softmax.
 
-    In training mode ``forward`` returns ``[main, ds_1, ..., ds_K]`` at decreasing resolutions (full, 1/2, 1/4, ...),
-    which :class:`common.losses.MultiResolutionLoss` consumes; in eval mode it returns the main output only, which
-    is what ``sliding_window_inference`` and the bundle's ``verify_net_in_out`` expect. With the defaults, 1 input
-    channel and 20 classes the network has about 5.4 M parameters. ``spatial_dims=2`` gives the 2D variant
-    (3x3 convs, same topology).
+    Deep supervision as the paper describes it: "we omit the tensor from the block with the most channels
+    (Block(192, 3)) so that training can be performed on a GPU with 12 GB", and one loss on one final layer. The
+    output tensors of the decoder blocks at 1/2, 1/4, ... resolution are upsampled to full resolution (voxel
+    repetition) and concatenated with the full-resolution decoder output before the final 1x1x1 conv, which gives
+    every decoder level a direct path to the loss; the bottom (widest) block's tensor is not. This is why the
+    widest tensor matters for memory (at 128^3 it alone would be 192 channels of 2 M voxels) and why the paper
+    gives no per-output loss weights. The network thus returns one tensor in training and inference alike, and
+    ``deep_supervision=False`` drops the upsampled paths (a narrower final conv: a different network).
+
+    Left open by the paper (the figure's details are not in its text), chosen here: 5 levels with channels
+    ``(12, 24, 48, 96, 192)`` and convolutions per block ``(1, 2, 3, 3, 3)`` (4.67 M parameters with 20 classes),
+    nearest-neighbour upsampling with a 1x1x1 conv halving the channels, noise std 0.1 on the input, dropout 0.5
+    after the widest block. The outputs are logits: the softmax belongs to the loss and the post-processing, as
+    usual in MONAI. ``spatial_dims=2`` gives the slice-wise variant.
 
     Spatial sizes must be divisible by ``2 ** (len(channels) - 1)``.
     """
@@ -70,8 +116,8 @@ class WongNet3D(nn.Module):
         self,
         in_channels: int = 1,
         out_channels: int = 20,
-        channels: Sequence[int] = (16, 32, 64, 128, 256),
-        convs_per_block: Sequence[int] = (1, 2, 2, 2, 2),
+        channels: Sequence[int] = (12, 24, 48, 96, 192),
+        convs_per_block: Sequence[int] = (1, 2, 3, 3, 3),
         noise_std: float = 0.1,
         dropout: float = 0.5,
         deep_supervision: bool = True,
@@ -81,12 +127,13 @@ class WongNet3D(nn.Module):
 
         Args:
             in_channels: number of input channels.
-            out_channels: number of classes (logit channels of every output).
+            out_channels: number of classes (logit channels).
             channels: channels of the blocks from the full-resolution level down to the widest, bottom level.
             convs_per_block: number of 3x3x3 conv layers of the block of each level (encoder and decoder alike).
             noise_std: standard deviation of the Gaussian noise added to the input in training mode (0 disables).
             dropout: dropout probability after the widest block in training mode (0 disables).
-            deep_supervision: whether training mode also returns the deep-supervision outputs.
+            deep_supervision: concatenate the upsampled outputs of the decoder blocks below full resolution
+                (all but the widest block's) into the final layer.
             spatial_dims: 3 for volumes, 2 for the slice-wise variant.
 
         Raises:
@@ -100,64 +147,41 @@ class WongNet3D(nn.Module):
             )
         self.deep_supervision = deep_supervision
         self.noise = GaussianNoise(noise_std)
-
-        def block(in_ch: int, out_ch: int, convs: int) -> ResidualUnit:
-            return ResidualUnit(
-                spatial_dims, in_ch, out_ch, kernel_size=3, subunits=convs, act="RELU", norm="BATCH", adn_ordering="NA"
-            )
-
         self.encoder = nn.ModuleList()
         previous = in_channels
         for width, convs in zip(channels, convs_per_block, strict=True):
-            self.encoder.append(block(previous, width, convs))
+            self.encoder.append(_block(spatial_dims, previous, width, convs))
             previous = width
         self.pool = Pool[Pool.MAX, spatial_dims](kernel_size=2)
         self.dropout = Dropout[Dropout.DROPOUT, spatial_dims](dropout)
-
-        # decoder modules are stored from the deepest decoder level (len(channels) - 2) up to full resolution (0)
-        decoder_levels = range(len(channels) - 2, -1, -1)
-        self.upsamples = nn.ModuleList(
-            UpSample(
-                spatial_dims,
-                channels[level + 1],
-                channels[level],
-                scale_factor=2,
-                mode="nontrainable",
-                interp_mode="nearest",
-                align_corners=None,
-            )
+        decoder_levels = range(len(channels) - 2, -1, -1)  # from the deepest decoder level up to full resolution
+        self.decoder = nn.ModuleList(
+            _DecoderLevel(spatial_dims, channels[level + 1], channels[level], convs_per_block[level])
             for level in decoder_levels
         )
-        self.decoder = nn.ModuleList(
-            block(2 * channels[level], channels[level], convs_per_block[level]) for level in decoder_levels
+        # the decoder outputs below full resolution, deepest first, brought to full resolution as they are
+        self.deep_supervision_upsamples = nn.ModuleList(
+            _nearest_upsample(spatial_dims, channels[level], channels[level], 2**level)
+            for level in (decoder_levels[:-1] if deep_supervision else ())
         )
-        conv = Conv[Conv.CONV, spatial_dims]
-        self.output_conv = conv(channels[0], out_channels, kernel_size=1)
-        self.heads = nn.ModuleList(conv(channels[level], out_channels, kernel_size=1) for level in decoder_levels[:-1])
+        final_channels = channels[0] + (sum(channels[1:-1]) if deep_supervision else 0)
+        self.output_conv = Conv[Conv.CONV, spatial_dims](final_channels, out_channels, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """Segment ``x`` (B, in_channels, *spatial).
-
-        Returns:
-            Eval mode or ``deep_supervision=False``: logits (B, out_channels, *spatial). Training mode:
-            ``[main, ds_1, ..., ds_K]`` where ``ds_k`` has the spatial size divided by ``2 ** k``.
-        """
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Segment ``x`` (B, in_channels, *spatial) into logits (B, out_channels, *spatial)."""
         features = self.noise(x)
-        skips = []
+        skips: list[torch.Tensor] = []
         for level, encoder_block in enumerate(self.encoder):
             if level > 0:
                 features = self.pool(features)
             features = encoder_block(features)
             skips.append(features)
         features = self.dropout(skips.pop())
-
-        decoder_outputs = []
-        for upsample, decoder_block in zip(self.upsamples, self.decoder, strict=True):
-            features = decoder_block(torch.cat([upsample(features), skips.pop()], dim=1))
-            decoder_outputs.append(features)
-        main = self.output_conv(features)
-        if not (self.training and self.deep_supervision):
-            return main
-        # heads were built from the deepest level upwards; outputs are returned from fine to coarse
-        coarse_outputs = [head(out) for head, out in zip(self.heads, decoder_outputs[:-1], strict=True)]
-        return [main, *coarse_outputs[::-1]]
+        decoded: list[torch.Tensor] = []
+        for decoder_level in self.decoder:
+            features = decoder_level(features, skips.pop())
+            decoded.append(features)
+        fused = [features]
+        for index, upsample in enumerate(self.deep_supervision_upsamples):
+            fused.append(upsample(decoded[index]))
+        return self.output_conv(torch.cat(fused, dim=1))
