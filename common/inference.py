@@ -173,6 +173,8 @@ class VolumeSegmenter:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"{checkpoint}: checkpoint not found; train the bundle first or pass --ckpt_path")
         state = read_network_state(checkpoint, self.device)
+        known = self.network.state_dict()  # training-only deep supervision heads are not part of inference
+        state = {key: value for key, value in state.items() if key in known or "deep_supervision_heads." not in key}
         try:
             self.network.load_state_dict(state)
         except RuntimeError as error:

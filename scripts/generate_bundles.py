@@ -203,9 +203,8 @@ def render_config(sections: dict[str, dict[str, Any]], parts: tuple[str, ...]) -
 
 def render_docs(name: str, sections: dict[str, dict[str, Any]], sources: list[str]) -> str:
     """Fill ``templates/README.md.in`` with the merged ``docs`` section, the train ``method`` and the references."""
-    if "method" not in sections["train"]:
-        raise SpecError(f"bundle {name}: the train section lacks 'method' (the loss that --method selects)")
-    fields = {**sections["docs"], "bundle": name, "default_method": sections["train"]["method"]}
+    method = sections["train"].get("method", "none: train.yaml names its `loss`")
+    fields = {**sections["docs"], "bundle": name, "default_method": method}
     fields["references"] = "\n".join(f"- {reference}" for reference in sections["metadata"].get("references", []))
     template = (TEMPLATES / "README.md.in").read_text()
     try:
