@@ -225,3 +225,21 @@ def test_ckpt_export_scripts_the_inference_network_from_trained_weights(name, tm
     image = torch.randn(1, train["in_channels"], 32, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(scripted(image), trained.eval()(image))
+
+
+# brain_explog_vnet's one-output V-Net (45 M parameters) trains end to end in tests/test_bundles.py
+@pytest.mark.parametrize("name", [name for name in OWN_BUNDLES if name != "brain_explog_vnet"])
+def test_training_network_output_fits_the_loss(name):
+    num_classes = 4 if name.startswith("brats") else 3 if name.startswith("brain") else 2
+    parser = parse(name, num_classes=num_classes)
+    if parser.get("label_weights") is not None:  # computed from the training labels in a real run
+        parser.update({"label_weights": [1.0] * num_classes})
+    torch.manual_seed(0)
+    network, loss = parser.get_parsed_content("network_def").train(), parser.get_parsed_content("loss")
+    image = torch.randn(2, parser["in_channels"], 32, 32, 32)
+    labels = torch.randint(0, num_classes, (2, 1, 32, 32, 32))
+    value = loss(network(image), labels)
+    value.backward()
+    assert torch.isfinite(value) and value.ndim == 0
+    gradients = [parameter.grad for parameter in network.parameters()]
+    assert all(gradient is not None and torch.isfinite(gradient).all() for gradient in gradients)  # every part learns
