@@ -24,8 +24,9 @@ class MultiResolutionLoss(DeepSupervisionLoss):
     This subclasses MONAI's ``DeepSupervisionLoss``, whose ``forward`` (a list/tuple of outputs, main first, or a
     single tensor in eval mode) and nearest resizing of the target are exactly WMLA's; only the weights differ:
     MONAI's are a fixed list, WMLA's may be learnt, so :meth:`get_weights` returns tensors built from module
-    parameters. Unlike MONAI's ``DynUNet`` (upsampled, stacked heads, see ``common.engines``), the networks of
-    ``common.networks`` return heads at their own resolution, as WMLA compares them with downsampled labels.
+    parameters. Unlike MONAI's ``DynUNet`` (upsampled, stacked heads, see ``common.engines``),
+    :class:`common.networks.SAUNet` returns its heads at their own resolution, as WMLA compares them with
+    downsampled labels.
 
     Trainable weights: ``alpha_k = min_alpha + (max_alpha - min_alpha) * sigmoid(theta_k)`` for ``k >= 2``, with
     ``theta`` an ``nn.Parameter`` initialised so that ``alpha`` starts at the given values. The sigmoid keeps every
