@@ -110,6 +110,12 @@ def test_exp_log_bundle_builds_its_loss_and_the_papers_training(name):
     assert (parser["epochs"], parser["batch_size"]) == (100, 1)
     affine = next(t for t in parser.get_parsed_content("train#sampling") if type(t).__name__ == "RandAffined")
     assert affine.prob == 0.8
+    resize, pad = parser.get_parsed_content("shape_transforms")  # longest side to 128, zero padding to 128^3
+    assert (resize.resizer.spatial_size, resize.resizer.size_mode, tuple(pad.padder.spatial_size)) == (
+        128,
+        "longest",
+        (128, 128, 128),
+    )
     assert isinstance(parser.get_parsed_content("validate#inferer"), SimpleInferer)
 
 
@@ -149,6 +155,9 @@ def test_sa_dice_bundle_builds_its_loss_and_the_papers_training(name):
     optimised = {id(parameter) for group in optimizer.param_groups for parameter in group["params"]}
     assert {id(parameter) for parameter in loss.parameters()} <= optimised  # a trainable alpha is learnt
     assert type(optimizer) is torch.optim.Adam and optimizer.defaults["lr"] == 5e-4
+    [clipping] = parser.get_parsed_content("train#extra_handlers")
+    assert type(clipping).__name__ == "GradientClipping" and clipping.max_norm == 5.0
+    assert {id(parameter) for parameter in clipping.parameters} == optimised
     assert (parser["epochs"], parser["batch_size"]) == (300, 2)
     _no_rw_map(parser)
 
