@@ -7,9 +7,15 @@ with 1 input channel and 20 classes) against about 71 M for its V-Net, and takes
 against 0.9 s (a ratio of 0.44; target here at most 0.5x MONAI's ``VNet``, which has 45.7 M parameters).
 ``SAUNet`` is the SA Dice paper's network as its bundles' inference builds it (no deep supervision heads).
 
+``--memory`` also reports what a training step of ``WongNet3D`` keeps for the backward pass (bytes of the distinct
+tensors autograd saves in one forward pass, batch 1, 20 classes), with and without its deep supervision paths:
+the paper omits the widest block's tensor from deep supervision so that training fits in 12 GB; the table adds
+what that tensor would cost at full resolution (192 channels, float32) for comparison.
+
     python scripts/bench_networks.py                        # 128^3 and 96^3 on CPU: about 5 minutes on 2 cores
     python scripts/bench_networks.py --sides 64 --repeats 2 # smoke run
     python scripts/bench_networks.py --device cuda          # on a GPU (add --half for float16 autocast)
+    python scripts/bench_networks.py --sides 128 --memory   # + training activation memory at 128^3 (a minute)
 """
 
 from __future__ import annotations
@@ -39,6 +45,33 @@ def infer(network: torch.nn.Module, image: torch.Tensor, half: bool) -> None:
         torch.cuda.synchronize()
 
 
+def saved_activation_bytes(network: torch.nn.Module, image: torch.Tensor) -> int:
+    """Bytes of the distinct tensor storages autograd saves for backward in one training-mode forward pass."""
+    storages: dict[int, int] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        network.train()(image)
+    return sum(storages.values())
+
+
+def report_training_memory(side: int, classes: int, device: torch.device) -> None:
+    """Table of the saved activations of WongNet3D with and without deep supervision at ``side^3``."""
+    image = torch.randn(1, 1, side, side, side, device=device)
+    print(f"\n| WongNet3D training step, 1x1x{side}^3, {classes} classes | saved for backward (GB) |")
+    print("|---|---|")
+    for label, deep_supervision in (("deep supervision (paper)", True), ("no deep supervision", False)):
+        torch.manual_seed(0)
+        network = WongNet3D(in_channels=1, out_channels=classes, deep_supervision=deep_supervision).to(device)
+        print(f"| {label} | {saved_activation_bytes(network, image) / 1e9:.2f} |", flush=True)
+    widest = WongNet3D().encoder[-1].conv[0].conv.out_channels
+    print(f"| the widest block's tensor at full resolution, one copy | {widest * side**3 * 4 / 1e9:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sides", type=int, nargs="+", default=[128, 96])
@@ -46,6 +79,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--half", action="store_true", help="float16 autocast (GPU)")
+    parser.add_argument("--memory", action="store_true", help="training activation memory of WongNet3D")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -80,6 +114,9 @@ def main() -> None:
             ratio = seconds / medians["MONAI VNet"]
             verdict = ("yes" if ratio <= TARGET_RATIO else "NO") if name == "WongNet3D" else "-"
             print(f"| 1x1x{side}^3 | {name} | {seconds:.3f} | {ratio:.2f} | {verdict} |", flush=True)
+
+    if args.memory:
+        report_training_memory(args.sides[0], args.classes, device)
 
 
 if __name__ == "__main__":
