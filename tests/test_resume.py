@@ -309,6 +309,7 @@ def test_a_bundle_that_ships_weights_fine_tunes_without_overwrite(uninterrupted,
     parser.read_config(CONFIGS)
     parser.update({**settings(dataset_dir, tmp_path), "epochs": 1})
     parser.get_parsed_content("initialize")
+    parser.get_parsed_content("keep_earlier_results")  # the first step of run (resolved once)
     started = parser.get_parsed_content("network").state_dict()
     assert all(torch.equal(started[key], value) for key, value in shipped.items())  # fine-tuning starts from them
     parser.get_parsed_content("run")
