@@ -89,7 +89,7 @@ def test_training_refuses_to_replace_an_earlier_run(trained_run):
     with pytest.raises(RuntimeError) as error_info:  # monai.bundle wraps errors of config expressions
         run(config_file=TRAIN, **trained_run)
     assert isinstance(error_info.value.__cause__, FileExistsError)
-    assert "model.pt: already exists" in str(error_info.value.__cause__)
+    assert "checkpoint.pt: already exists" in str(error_info.value.__cause__)
     assert model.read_bytes() == before
 
 
