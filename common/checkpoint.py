@@ -1,35 +1,34 @@
-"""Atomic checkpoints and resumable training for the bundles' ignite/MONAI trainers.
+"""Checkpoints of the bundles: final weights that carry their network settings, resumable training state.
 
-- :class:`AtomicCheckpointSaver`: MONAI's ``CheckpointSaver`` whose files are written to a temporary file and
-  renamed, so an interruption never leaves a truncated ``model.pt`` (MONAI's saver writes in place).
-- :class:`ResumableTraining`: saves the whole training state (network, optimiser, LR scheduler, trainer epoch
-  and iteration, any other object with ``state_dict``) atomically after every epoch and, with ``resume=True``,
-  restarts from it. At every epoch start it reseeds PyTorch, NumPy, ``random`` and the MONAI random transforms
-  of the training data from ``(seed, epoch, rank)``, so an interrupted and resumed training draws the same
-  batches and reaches the same weights as an uninterrupted one. Epoch-dependent settings that handlers derive
-  from ``engine.state.epoch`` (the alpha of :class:`common.losses.RWCombinedLoss` through
-  :class:`common.handlers.AlphaScheduleHandler`) follow from the restored epoch.
+Files of a training run in ``models/`` (see the bundles' README):
 
-Config use (merged on top of a ``train.yaml``)::
+- ``model.pt``: the FINAL network weights as a bare state dict (what the model zoo's ``ckpt_export``,
+  ``monai.bundle.load`` and MONAI's ``CheckpointLoader`` read), written atomically when training completes by
+  :class:`FinalWeightsSaver`. The network settings of the run (classes, input channels, filters, patch size,
+  spacing, label values: the config's ``network_settings``) travel inside it in the state dict's ``_metadata``
+  (PyTorch's own per-state-dict metadata, kept by ``torch.save``/``torch.load(weights_only=True)`` and ignored by
+  ``load_state_dict``), so the file stays loadable by every tool; :func:`read_network_settings` reads them and
+  :func:`load_network_weights` refuses weights whose settings differ from the config's, naming both values.
+- ``checkpoint.pt``: the whole training state (network, optimiser, LR schedule, loss, trainer), written
+  atomically after every epoch by :class:`ResumableTraining` for ``--resume True``.
+- ``model_best.pt``: best-by-validation weights, only when a selection split separate from the scored split is
+  used (:class:`AtomicCheckpointSaver`).
+- ``model_pretrained.pt``: weights a bundle shipped with (``models/model.pt`` of a downloaded bundle), kept by
+  :func:`keep_pretrained_weights` before a training run replaces ``model.pt``; the run starts from them.
 
-    resume: false
-    train#checkpointing:
-      _target_: common.checkpoint.ResumableTraining
-      filename: $@ckpt_dir + '/checkpoint_last.pt'
-      save_dict: {model: '@network', optimizer: '@optimizer', lr_scheduler: '@lr_scheduler'}
-      seed: '@seed'
-      resume: '@resume'
-    run:
-      - $@train#checkpointing.attach(@train#trainer)   # after the trainer's own handlers
-      - $@train#trainer.run()
+:class:`ResumableTraining` restarts from ``checkpoint.pt`` and, at every epoch start, reseeds PyTorch, NumPy,
+``random`` and the MONAI random transforms of the training data from ``(seed, epoch, rank)``, so an interrupted
+and resumed training draws the same batches and reaches the same weights as an uninterrupted one.
+Epoch-dependent settings that handlers derive from ``engine.state.epoch`` follow from the restored epoch.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 import random
+import shutil
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,14 @@ from common.data import atomic_output
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "FinalWeightsSaver",
+    "NetworkWeightsLoader",
+    "check_network_settings",
+    "keep_pretrained_weights",
+    "load_network_weights",
+    "network_settings_of",
+    "read_network_settings",
+    "save_network_weights",
     "AtomicDiskSaver",
     "ResumableTraining",
     "epoch_seed",
@@ -54,6 +61,8 @@ __all__ = [
 ]
 
 MAX_SEED = 2**32
+NETWORK_SETTINGS_KEY = "network_settings"  # entry of the state dict's ``_metadata`` holding the network settings
+DEEP_SUPERVISION_HEADS = "deep_supervision_heads"  # submodule of the training-only heads (as MONAI's DynUNet)
 
 
 def _is_main_process() -> bool:
@@ -130,30 +139,172 @@ def _unwrap(obj: Any) -> Any:
     return obj.module if isinstance(obj, torch.nn.DataParallel | torch.nn.parallel.DistributedDataParallel) else obj
 
 
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON data (tuples to lists, tensors and NumPy values to Python numbers)."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, torch.Tensor | np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"network setting {value!r}: not plain data (numbers, strings, lists, mappings)")
+
+
+def _load_weights_only(path: Path, map_location: Any) -> Any:
+    """``torch.load(weights_only=True)`` of ``path``; unreadable or foreign files raise a ValueError naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for foreign, truncated or malicious files
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path}: cannot read as a weights-only PyTorch checkpoint ({first_line})") from error
+
+
 def read_network_state(checkpoint: str | os.PathLike, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
     """Read the network weights of a checkpoint as a bare state dict (``weights_only`` loading).
 
-    Accepts a bare state dict or a training checkpoint holding it under ``"model"``; the ``module.`` prefixes of a
-    ``DistributedDataParallel`` network are removed.
+    Accepts a bare state dict (``model.pt``) or a training checkpoint holding it under ``"model"``; the
+    ``module.`` prefixes of a ``DistributedDataParallel`` network are removed. The state dict's ``_metadata``
+    (which carries the network settings, see :func:`read_network_settings`) is kept.
 
     Raises:
         FileNotFoundError: no such file.
         ValueError: the file is not a checkpoint holding tensors (the message names it).
     """
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises several types for foreign or corrupt files
-        raise ValueError(f"{path}: cannot read as a weights-only PyTorch checkpoint ({error})") from error
+    state = _load_weights_only(path, map_location)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"{path}: holds no state dict of tensors (nor one under 'model')")
     if all(key.startswith("module.") for key in state):  # saved from DistributedDataParallel
-        state = {key.removeprefix("module."): value for key, value in state.items()}
+        metadata = getattr(state, "_metadata", None)
+        state = OrderedDict((key.removeprefix("module."), value) for key, value in state.items())
+        if metadata is not None:
+            state._metadata = metadata  # type: ignore[attr-defined]
     return state
+
+
+def network_settings_of(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The network settings stored with a state dict by :func:`save_network_weights` (empty if none)."""
+    metadata = getattr(state, "_metadata", None) or {}
+    settings = metadata.get(NETWORK_SETTINGS_KEY, {})
+    return dict(settings) if isinstance(settings, Mapping) else {}
+
+
+def read_network_settings(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The network settings a weights file was saved with (``{}`` for weights saved without them).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a weights file (the message names it).
+    """
+    return network_settings_of(read_network_state(checkpoint))
+
+
+def save_network_weights(
+    network: torch.nn.Module, filename: str | os.PathLike, settings: Mapping[str, Any] | None = None
+) -> Path:
+    """Write the network's state dict with its settings, atomically (readers never see a partial file).
+
+    Args:
+        network: the network (``DistributedDataParallel`` unwrapped).
+        filename: destination, e.g. ``models/model.pt``; replaced if it exists.
+        settings: network settings (plain data: classes, channels, filters, patch size, spacing, label values).
+
+    Returns:
+        The file written.
+    """
+    state = _unwrap(network).state_dict()
+    saved = OrderedDict((key, value.detach().cpu()) for key, value in state.items())
+    saved._metadata = OrderedDict(getattr(state, "_metadata", {}))  # type: ignore[attr-defined]
+    saved._metadata[NETWORK_SETTINGS_KEY] = _plain(dict(settings or {}))  # type: ignore[attr-defined]
+    path = Path(filename)
+    with atomic_output(path) as tmp_path:
+        torch.save(saved, tmp_path)
+    return path
+
+
+def check_network_settings(found: Mapping[str, Any], expected: Mapping[str, Any], source: str | os.PathLike) -> None:
+    """Compare the settings stored with weights to those of the config, on the keys both name.
+
+    Raises:
+        ValueError: a setting differs; the message names the file and both values of every difference.
+    """
+    differences = [
+        f"{key}: {_plain(found[key])!r} in the checkpoint, {_plain(expected[key])!r} in the config"
+        for key in sorted(set(found) & set(expected))
+        if _plain(found[key]) != _plain(expected[key])
+    ]
+    if differences:
+        raise ValueError(
+            f"{source}: trained with other network settings than the config ({'; '.join(differences)}); set the "
+            "checkpoint's values (e.g. --num_classes) or use weights trained with the config's"
+        )
+
+
+def load_network_weights(
+    network: torch.nn.Module,
+    checkpoint: str | os.PathLike,
+    settings: Mapping[str, Any] | None = None,
+    map_location: Any = "cpu",
+) -> torch.nn.Module:
+    """Load a weights file into ``network``, checking the stored network settings first.
+
+    The only keys allowed to differ are the deep-supervision heads (``deep_supervision_heads.*``, and other names
+    of the same tensors) of a training network that an inference network built without them lacks: they are
+    dropped. Any other difference (a key
+    missing on either side, a tensor of another shape) is an error naming both values.
+
+    Args:
+        network: the network to load (``DistributedDataParallel`` unwrapped).
+        checkpoint: ``model.pt`` (bare state dict) or a training checkpoint with a ``"model"`` entry.
+        settings: the config's network settings; those the checkpoint also stores must be equal.
+        map_location: where tensors are loaded.
+
+    Returns:
+        ``network``, loaded.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unreadable file, other settings, or weights of another network (the message names the file).
+    """
+    state = read_network_state(checkpoint, map_location)
+    check_network_settings(network_settings_of(state), settings or {}, checkpoint)
+    target = _unwrap(network)
+    expected = target.state_dict()
+    heads = {key for key in state if key not in expected and key.startswith(f"{DEEP_SUPERVISION_HEADS}.")}
+    # a module may also register the heads elsewhere (DynUNet's skip layers hold them as `super_head`): drop the
+    # keys that the checkpoint stores as the very same tensors as dropped heads (torch.save keeps shared storage)
+    head_tensors = {state[key].data_ptr() for key in heads}
+    state = {
+        key: value
+        for key, value in state.items()
+        if key in expected or (key not in heads and value.data_ptr() not in head_tensors)
+    }
+    kinds = {
+        "missing in the checkpoint": [key for key in expected if key not in state],
+        "in the checkpoint, not in the network": [key for key in state if key not in expected],
+        "other shapes": [
+            f"{key} {tuple(state[key].shape)} in the checkpoint, {tuple(value.shape)} in the network"
+            for key, value in expected.items()
+            if key in state and state[key].shape != value.shape
+        ],
+    }
+    problems = [
+        f"{kind}: {', '.join(items[:2])}{f' and {len(items) - 2} more' if len(items) > 2 else ''}"
+        for kind, items in kinds.items()
+        if items
+    ]
+    if problems:
+        raise ValueError(f"{checkpoint}: does not fit the network {type(target).__name__} ({'; '.join(problems)})")
+    target.load_state_dict(state)
+    return network
 
 
 def load_checkpoint(filename: str | os.PathLike, load_dict: Mapping[str, Any], map_location: Any = "cpu") -> None:
@@ -172,13 +323,7 @@ def load_checkpoint(filename: str | os.PathLike, load_dict: Mapping[str, Any], m
             checkpoint of another network); the message names the file and the entry.
     """
     path = Path(filename)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path}: cannot read as a weights-only checkpoint ({first_line})") from error
+    state = _load_weights_only(path, map_location)
     if not isinstance(state, dict):
         raise ValueError(f"{path}: not a training checkpoint (a {type(state).__name__}, not a dictionary)")
     missing = [name for name in load_dict if name not in state]
@@ -187,12 +332,122 @@ def load_checkpoint(filename: str | os.PathLike, load_dict: Mapping[str, Any], m
     for name, obj in load_dict.items():
         try:
             _unwrap(obj).load_state_dict(state[name])
-        except (RuntimeError, KeyError, ValueError, TypeError) as error:
-            first_line = str(error).strip().splitlines()[0]
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ValueError(
                 f"{path}: its '{name}' does not fit this training ({first_line}); was it written with other "
                 "network or optimiser settings?"
             ) from error
+
+
+class FinalWeightsSaver:
+    """Write the final network weights with their settings (``models/model.pt``) when training completes.
+
+    A MONAI/ignite handler (``attach``) for the trainer's rank-0 handlers; the file is replaced atomically.
+
+    Args:
+        network: the trained network.
+        filename: destination, e.g. ``models/model.pt``.
+        settings: the config's ``network_settings`` (see :func:`save_network_weights`).
+    """
+
+    def __init__(
+        self, network: torch.nn.Module, filename: str | os.PathLike, settings: Mapping[str, Any] | None = None
+    ) -> None:
+        self.network = network
+        self.filename = Path(filename)
+        self.settings = _plain(dict(settings or {}))
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        """Save at ``Events.COMPLETED`` (after the last epoch's validation)."""
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Write the weights (rank 0 of a distributed run only)."""
+        if _is_main_process():
+            save_network_weights(self.network, self.filename, self.settings)
+            self.logger.info(f"{self.filename}: final weights after epoch {engine.state.epoch}")
+
+
+class NetworkWeightsLoader:
+    """Load ``model.pt`` into a network when an evaluator (or trainer) starts, via :func:`load_network_weights`.
+
+    Replaces MONAI's ``CheckpointLoader`` in the bundles: deep-supervision heads missing from the network are
+    dropped, and settings stored with the weights must match the config's (a mismatch names both values).
+
+    Args:
+        load_path: weights file.
+        network: network to load.
+        settings: the config's ``network_settings``.
+        map_location: where tensors are loaded.
+    """
+
+    def __init__(
+        self,
+        load_path: str | os.PathLike,
+        network: torch.nn.Module,
+        settings: Mapping[str, Any] | None = None,
+        map_location: Any = "cpu",
+    ) -> None:
+        self.load_path = Path(load_path)
+        self.network = network
+        self.settings = dict(settings or {})
+        self.map_location = map_location
+
+    def attach(self, engine: Engine) -> None:
+        """Load at ``Events.STARTED``."""
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Load the weights."""
+        load_network_weights(self.network, self.load_path, self.settings, self.map_location)
+
+
+def keep_pretrained_weights(
+    network: torch.nn.Module,
+    model_path: str | os.PathLike,
+    pretrained_path: str | os.PathLike,
+    settings: Mapping[str, Any] | None = None,
+    finetune: bool = True,
+    overwrite: bool = False,
+) -> Path | None:
+    """Keep the weights a bundle shipped with and start a training run from them (fine-tuning).
+
+    A training run replaces ``model.pt`` with its final weights. If ``model.pt`` exists when a run starts (a
+    downloaded bundle's weights), it is first copied to ``pretrained_path`` (``models/model_pretrained.pt``),
+    unless that copy exists already or ``overwrite`` is True (``--overwrite True`` starts over and may replace it).
+    With ``finetune`` the network then starts from ``pretrained_path`` when it exists.
+
+    Args:
+        network: the training network.
+        model_path: ``models/model.pt``.
+        pretrained_path: where the shipped weights are kept.
+        settings: the config's ``network_settings`` (the shipped weights must fit them).
+        finetune: initialise the network from ``pretrained_path``; False trains from scratch (still keeping it).
+        overwrite: the run's ``overwrite`` setting.
+
+    Returns:
+        The weights the network starts from, or None (random initialisation).
+
+    Raises:
+        TypeError: ``finetune`` or ``overwrite`` is not a bool.
+        ValueError: the kept weights do not fit the network or its settings (the message names the file).
+    """
+    for name, flag in (("finetune", finetune), ("overwrite", overwrite)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    model_path, pretrained_path = Path(model_path), Path(pretrained_path)
+    if not pretrained_path.exists() and model_path.is_file() and not overwrite and _is_main_process():
+        with atomic_output(pretrained_path) as tmp_path:
+            shutil.copyfile(model_path, tmp_path)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # every rank reads the copy rank 0 made
+    if not (finetune and pretrained_path.is_file()):
+        return None
+    load_network_weights(network, pretrained_path, settings)
+    logging.getLogger(__name__).info(f"{pretrained_path}: training starts from these weights")
+    return pretrained_path
 
 
 class ResumableTraining:
@@ -202,9 +457,10 @@ class ResumableTraining:
     the LR scheduler step and the validation of the epoch.
 
     Args:
-        filename: checkpoint file, e.g. ``models/checkpoint_last.pt``.
+        filename: checkpoint file, e.g. ``models/checkpoint.pt``.
         save_dict: name -> object with ``state_dict``/``load_state_dict`` (network, optimizer, lr_scheduler,
-            :class:`AtomicCheckpointSaver`, ...); the trainer itself is added as ``"trainer"``.
+            :class:`AtomicCheckpointSaver`, ...); the trainer itself is added as ``"trainer"``; None entries
+            (components disabled in the config) are left out.
         seed: base seed of the per-epoch reseeding.
         resume: at the start, load ``filename`` if it exists (a missing file starts a new training).
         save_interval: save every this many epochs.
@@ -230,7 +486,7 @@ class ResumableTraining:
         if save_interval < 1:
             raise ValueError(f"save_interval must be at least 1, got {save_interval}")
         self.filename = Path(filename)
-        self.save_dict = dict(save_dict)
+        self.save_dict = {name: obj for name, obj in save_dict.items() if obj is not None}
         self.seed = int(seed)
         self.resume = resume
         self.save_interval = save_interval

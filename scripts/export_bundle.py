@@ -1,63 +1,93 @@
-"""Export a bundle of this collection as a self-contained model-zoo zip that runs without this repository.
+"""Export a bundle of this collection as a model-zoo submission that runs without this repository.
 
-    python scripts/export_bundle.py acdc17_rrw dist/acdc17_rrw.zip --checkpoint runs/acdc/models/model.pt
-    python scripts/export_bundle.py acdc17_rrw tiny.zip --checkpoint tiny.pt --set 'filters=[4, 8, 8, 16, 16, 16]'
+    python scripts/export_bundle.py acdc17_rrw dist/ --checkpoint runs/acdc/models/model.pt \
+        --url https://example.org/weights/acdc17_rrw_v0.1.0_model.pt
+    python scripts/export_bundle.py acdc17_rrw dist/ --inline-weights       # one zip for local sharing
 
-What the zip holds (one top-level folder named like the bundle):
+writes ``dist/acdc17_rrw_v0.1.0.zip`` (``NAME_vVERSION.zip``, the version of the bundle's metadata), one
+top-level folder named like the bundle, in the model-zoo layout:
 
-- the bundle's files in the model-zoo layout (configs, docs, LICENSE), without earlier run outputs and without the
-  generator spec ``bundle.yaml``;
-- ``scripts/``: the modules of the ``common`` package that the configs need, found by following the imports from
-  the configs' ``common.*`` references (not the whole package: plotting, statistics and data preparation are not
-  needed to train, evaluate or run a bundle), with ``common.`` rewritten to ``scripts.``; the configs refer to
-  ``scripts.*`` likewise (``monai.bundle`` run from the bundle folder imports it, as model-zoo bundles do);
-- ``models/model.pt``: the network's bare state dict, taken from ``--checkpoint`` (a ``CheckpointSaver`` file with
-  a ``"model"`` entry, a ``DistributedDataParallel`` state dict or a bare one) and checked against the
-  inference config's ``network_def``;
-- ``configs/metadata.json`` with the versions of MONAI, PyTorch, NumPy and every third-party package that the
-  configs and the vendored modules import pinned to those installed here.
+- ``configs/*.json``: the bundle's configs as JSON (the format the zoo's tools and ``monai.bundle.load`` read);
+  ``metadata.json`` holds the schema's keys only (plus the zoo's ``name``), the installed versions of MONAI,
+  PyTorch, NumPy and of every public package the configs and vendored modules import;
+- ``scripts/``: the modules of this project's ``common`` package the configs need (found by following imports;
+  ``common.`` rewritten to ``scripts.``) and the data preparation scripts the README names, run as
+  ``python -m scripts.prepare_NAME``;
+- ``docs/README.md`` with the commands rewritten for the bundle's own files and how to install its requirements,
+  ``docs/data_license.txt``, ``LICENSE``;
+- ``models/model.pt``: the network weights with their network settings (``common.checkpoint``). By default the
+  weights stay OUTSIDE the zip (the zoo allows no file over 25 MB): they are written next to it as
+  ``NAME_vVERSION_model.pt`` to be uploaded to ``--url``, and ``large_files.yml`` lists their path, url and
+  SHA-256 hash, from which the zoo's tools download them. ``--inline-weights`` puts them into the zip instead.
 
-``--set KEY=VALUE`` (VALUE in JSON/YAML flow syntax) replaces a top-level one-line setting in every config that
-defines it, e.g. the smaller network of a checkpoint trained with ``--filters`` overrides.
+The checkpoint (``--checkpoint``, default the bundle's ``models/model.pt``) sets the network settings it was
+trained with (classes, channels, filters, patch size...) in the configs and metadata; ``--set KEY=VALUE`` sets
+other top-level settings (VALUE in YAML flow syntax, e.g. ``--set 'sw_batch_size=4'``). A ``--set`` that
+contradicts the checkpoint is an error naming both values.
 
-TorchScript: MONAI's DynUNet with deep supervision cannot be scripted (``torch.jit.script`` fails on its list of
-heads), so export it by tracing in evaluation mode, which gives the plain ``(B, C, H, W)`` output::
+Security: the configs of the zip are run by everyone who uses the bundle. ``--set`` values are therefore plain
+data: strings starting with ``$`` (Python expressions) or ``%`` (macros, which may load other files) and mappings
+with ``_target_``-like keys (which instantiate any callable) are refused unless ``--allow-expressions`` is given;
+``@name`` references to the config's own entries are allowed. The bundle name must be a plain folder name under
+the bundles folder; the staging copy lives in a temporary folder removed at the end; an existing zip is never
+replaced without ``--overwrite``.
+
+TorchScript (as the zoo's CI runs it) from the unzipped bundle:
 
     python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt \
-        --meta_file configs/metadata.json --config_file configs/inference.yaml --use_trace True \
-        --input_shape "[1, 1, 224, 224]"
+        --meta_file configs/metadata.json --config_file configs/inference.json
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import importlib.metadata
 import json
+import os
 import re
 import shutil
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from common.checkpoint import read_network_state
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as `python scripts/export_bundle.py` from anywhere
+    sys.path.insert(0, str(REPO_ROOT))
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from common.checkpoint import (  # noqa: E402
+    NETWORK_SETTINGS_KEY,
+    check_network_settings,
+    load_network_weights,
+    network_settings_of,
+    read_network_state,
+)
+from common.data import atomic_output  # noqa: E402
+
 PACKAGE = "common"
 VENDOR_PACKAGE = "scripts"
-# run outputs, caches and the generator's spec (bundle.yaml: the configs are generated from it) stay behind
+MAX_ZIP_MEMBER_BYTES = 25 * 1024 * 1024  # the model zoo's limit per file
+BUNDLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# run outputs, caches and the generator's spec (bundle.yaml) stay behind
 EXCLUDED_NAMES = {"models", "eval", "predictions", "runs", "__pycache__", ".ipynb_checkpoints", "bundle.yaml"}
 # packages that MONAI components named in the configs load lazily (LoadImaged -> nibabel, ...), not seen as imports
 RUNTIME_PACKAGES = ("nibabel", "pytorch-ignite", "tensorboard", "tqdm", "pyyaml", "fire")
+ZOO_METADATA_KEYS = {"name"}  # not in the schema's properties but in every model-zoo bundle's metadata
 PACKAGE_REFERENCE = re.compile(rf"(?<![\w.]){PACKAGE}((?:\.\w+)+)")
 PACKAGE_WORD = re.compile(rf"(?<![\w.]){PACKAGE}(?=\.|\s+import\b)")
 CONFIG_IMPORT = re.compile(r"(?:\bimport|\bfrom|_target_:)\s+([A-Za-z_]\w*)")
+SCRIPT_COMMAND = re.compile(r"python3? scripts/(prepare_\w+)\.py")  # data preparation, vendored into the zip
+CONFIG_FILE_NAME = re.compile(r"\bconfigs/(\w+)\.ya?ml\b")
+GENERATED_LINE = re.compile(r"^(?:#|<!--).*\bgenerated by\b.*\n", re.MULTILINE | re.IGNORECASE)
+EXPRESSION_PREFIXES = ("$", "%")  # code and file macros; "@" only refers to an entry of the config itself
 
 
 def module_file(package_dir: Path, dotted: str) -> Path | None:
@@ -97,12 +127,13 @@ def _imported_names(path: Path, module: str) -> list[str]:
     return names
 
 
-def module_closure(package_dir: Path, roots: Iterable[str]) -> tuple[set[str], set[str]]:
-    """Follow imports from ``roots`` within the package.
+def module_closure(package_dir: Path, roots: Iterable[str], sources: Iterable[Path] = ()) -> tuple[set[str], set[str]]:
+    """Follow imports from ``roots`` and from the scripts ``sources`` within the package.
 
     Args:
         package_dir: the ``common`` folder.
         roots: dotted names referenced by the configs.
+        sources: other files to vendor (data preparation scripts) whose imports are followed too.
 
     Returns:
         The package's modules needed (parent packages included) and the top-level names of the other modules
@@ -119,14 +150,18 @@ def module_closure(package_dir: Path, roots: Iterable[str]) -> tuple[set[str], s
         if module is None:
             raise ModuleNotFoundError(f"{name}: referenced by the configs but not found under {package_dir}")
         pending.append(module)
-    while pending:
-        module = pending.pop()
-        if module in needed:
-            continue
-        needed.add(module)
-        parts = module.split(".")
-        pending += [".".join(parts[:end]) for end in range(1, len(parts))]  # parent packages
-        for name in _imported_names(module_file(package_dir, module), module):
+    imported = [(path, path.stem) for path in sources]
+    while pending or imported:
+        if pending:
+            module = pending.pop()
+            if module in needed:
+                continue
+            needed.add(module)
+            parts = module.split(".")
+            pending += [".".join(parts[:end]) for end in range(1, len(parts))]  # parent packages
+            imported.append((module_file(package_dir, module), module))
+        path, module = imported.pop()
+        for name in _imported_names(path, module):
             if name.split(".")[0] == PACKAGE:
                 found = longest_module(package_dir, name)
                 if found is not None:
@@ -137,12 +172,13 @@ def module_closure(package_dir: Path, roots: Iterable[str]) -> tuple[set[str], s
 
 
 def distribution_versions(top_level_names: Iterable[str], extra: Iterable[str] = ()) -> dict[str, str]:
-    """Installed versions of the distributions providing ``top_level_names`` (stdlib skipped) and of ``extra``."""
+    """Installed public versions of the distributions providing ``top_level_names`` (stdlib and this project
+    skipped) and of ``extra``."""
     providers = importlib.metadata.packages_distributions()
     own = set(providers.get(PACKAGE, []))
     distributions = set(extra)
     for name in top_level_names:
-        if name in sys.stdlib_module_names or name == PACKAGE:
+        if name in sys.stdlib_module_names or name in (PACKAGE, VENDOR_PACKAGE):
             continue
         distributions.update(providers.get(name, []))
     versions = {}
@@ -154,163 +190,340 @@ def distribution_versions(top_level_names: Iterable[str], extra: Iterable[str] =
     return versions
 
 
-def parse_settings(items: Iterable[str]) -> dict[str, Any]:
-    """Parse ``KEY=VALUE`` items, VALUE in YAML flow syntax.
+def _executable_parts(value: Any, where: str) -> list[str]:
+    """Descriptions of the parts of a ``--set`` value that MONAI's config parser would run as code."""
+    if isinstance(value, str):
+        return [f"{where} = {value!r}"] if value.lstrip().startswith(EXPRESSION_PREFIXES) else []
+    if isinstance(value, Mapping):
+        found = [f"{where}: key {key!r}" for key in value if str(key).startswith("_") and str(key).endswith("_")]
+        for key, item in value.items():
+            found += _executable_parts(key, f"{where} key") + _executable_parts(item, f"{where}#{key}")
+        return found
+    if isinstance(value, list):
+        return [part for index, item in enumerate(value) for part in _executable_parts(item, f"{where}#{index}")]
+    return []
+
+
+def parse_settings(items: Iterable[str], allow_expressions: bool = False) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` items, VALUE in YAML flow syntax, refusing values that would run code.
 
     Raises:
-        ValueError: an item without ``=``.
+        ValueError: an item without ``=``, a key that is not a plain top-level name, or (without
+            ``allow_expressions``) a ``$`` expression, ``%`` macro or ``_target_``-like key in VALUE.
     """
     settings = {}
     for item in items:
-        key, separator, value = item.partition("=")
-        if not separator or not key.strip():
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        settings[key.strip()] = yaml.safe_load(value)
+        key, separator, text = item.partition("=")
+        key = key.strip()
+        if not separator or not re.fullmatch(r"[A-Za-z_]\w*", key):
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY a top-level config name")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ValueError(f"--set {item!r}: VALUE is not YAML flow syntax ({error})") from error
+        if not allow_expressions and (executable := _executable_parts(value, key)):
+            raise ValueError(
+                f"--set {item!r}: {', '.join(executable)} would run code in everyone's copy of the bundle; pass "
+                "--allow-expressions to ship it anyway"
+            )
+        settings[key] = value
     return settings
 
 
-def apply_settings(text: str, settings: dict[str, Any]) -> tuple[str, set[str]]:
-    """Replace the top-level one-line definitions of ``settings`` in a YAML config text.
-
-    Returns:
-        The new text and the keys replaced.
-    """
-    replaced = set()
-    for key, value in settings.items():
-        pattern = re.compile(rf"^{re.escape(key)}:[ \t]*\S[^\n]*$", re.MULTILINE)
-        text, count = pattern.subn(lambda _, key=key, value=value: f"{key}: {json.dumps(value)}", text)
-        if count:
-            replaced.add(key)
-    return text, replaced
-
-
-def check_fits_network(state: dict[str, torch.Tensor], inference_config: Path, checkpoint: Path) -> None:
-    """Load ``state`` strictly into the inference config's ``network_def``.
+def bundle_folder(bundles_dir: Path, name: str) -> Path:
+    """The folder of bundle ``name``, refusing names that are not a plain folder of ``bundles_dir``.
 
     Raises:
-        ValueError: the weights are not those of this network (the message names the checkpoint).
+        ValueError: ``name`` has path separators, ``..`` or other characters than letters, digits, ``_.-``.
+        FileNotFoundError: no such bundle.
+    """
+    if not BUNDLE_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"bundle name {name!r}: not a bundle folder name (letters, digits, '_', '.', '-'; no path separators, "
+            "no '..')"
+        )
+    bundle = bundles_dir / name
+    if not (bundle / "configs" / "inference.yaml").is_file() or bundle.resolve().parent != bundles_dir.resolve():
+        raise FileNotFoundError(f"{bundle}: not a bundle (no configs/inference.yaml)")
+    return bundle
+
+
+def network_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config's ``network_settings`` mapping resolved against its top-level entries (``'@key'`` values)."""
+    resolved = {}
+    for key, value in dict(config.get("network_settings") or {}).items():
+        reference = value[1:] if isinstance(value, str) and value.startswith("@") else None
+        resolved[key] = config.get(reference) if reference is not None else value
+    return resolved
+
+
+def check_fits_network(
+    checkpoint: Path, inference: Mapping[str, Any], settings: Mapping[str, Any], source: str
+) -> None:
+    """Build the inference config's ``network_def`` and load ``checkpoint`` into it (heads dropped).
+
+    Raises:
+        ValueError: other network settings or weights of another network (the message names the checkpoint).
     """
     from monai.bundle import ConfigParser
 
-    parser = ConfigParser()
-    parser.read_config(str(inference_config))
+    parser = ConfigParser(dict(inference))
     network = parser.get_parsed_content("network_def", instantiate=True)
     try:
-        network.load_state_dict(state)
-    except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise ValueError(
-            f"{checkpoint}: does not fit network_def of {inference_config.name} ({first_line}); pass the "
-            "training run's network settings with --set"
-        ) from error
+        load_network_weights(network, checkpoint, settings)
+    except ValueError as error:
+        raise ValueError(f"{error}; network_def of {source}") from error
 
 
-def vendor_modules(package_dir: Path, modules: Iterable[str], destination: Path) -> None:
-    """Copy ``modules`` of the package into ``destination`` (the bundle's ``scripts``), rewriting the imports."""
-    for module in sorted(modules):
-        source = module_file(package_dir, module)
-        target = destination.joinpath(*source.relative_to(package_dir).parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(PACKAGE_WORD.sub(VENDOR_PACKAGE, source.read_text()))
+def update_metadata(metadata: dict[str, Any], schema_keys: set[str], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Metadata with schema keys only, the channel counts of ``settings`` and the installed core versions."""
+    metadata = {key: value for key, value in metadata.items() if key in schema_keys | ZOO_METADATA_KEYS}
+    formats = metadata.get("network_data_format", {})
+    for section, key, setting in (("inputs", "image", "in_channels"), ("outputs", "pred", "num_classes")):
+        entry = formats.get(section, {}).get(key)
+        if entry is None or setting not in settings or entry.get("num_channels") == settings[setting]:
+            continue
+        entry["num_channels"] = settings[setting]
+        channel_def = entry.get("channel_def", {})
+        if len(channel_def) != settings[setting]:  # the names of another channel count do not apply
+            entry["channel_def"] = {str(index): f"channel {index}" for index in range(settings[setting])}
+    core = {"monai": "monai_version", "torch": "pytorch_version", "numpy": "numpy_version"}
+    for distribution, field in core.items():  # the public version: "2.13.0", not the wheel's "2.13.0+cpu"
+        metadata[field] = importlib.metadata.version(distribution).split("+")[0]
+    return metadata
+
+
+def requirements_block(metadata: Mapping[str, Any]) -> str:
+    """README lines saying how to install the bundle's pinned requirements."""
+    pins = [f"monai=={metadata['monai_version']}", f"torch=={metadata['pytorch_version']}"]
+    pins += [f"numpy=={metadata['numpy_version']}"]
+    pins += [f"{name}=={version}" for name, version in metadata.get("required_packages_version", {}).items()]
+    return (
+        "Install the requirements pinned in `configs/metadata.json`, then run the commands from the bundle folder "
+        "(the one holding `configs/`):\n\n```bash\npip install " + " ".join(pins) + "\n```\n\n"
+    )
+
+
+def rewrite_readme(text: str, name: str, metadata: Mapping[str, Any], weights_inline: bool) -> str:
+    """The README of the zip: JSON configs, vendored scripts, no repository paths, install instructions."""
+    text = GENERATED_LINE.sub("", text)
+    text = CONFIG_FILE_NAME.sub(r"configs/\1.json", text)
+    text = SCRIPT_COMMAND.sub(rf"python -m {VENDOR_PACKAGE}.\1", PACKAGE_WORD.sub(VENDOR_PACKAGE, text))
+    text = text.replace(f"(`bundles/{name}`)", "(the bundle folder)").replace(f"bundles/{name}", name)
+    weights = (
+        "The weights `models/model.pt` are part of this bundle."
+        if weights_inline
+        else "The weights `models/model.pt` are listed in `large_files.yml` (url and SHA-256 hash); fetch them with "
+        "`python -m monai.bundle download` or from that url into `models/`."
+    )
+    block = requirements_block(metadata) + weights + "\n\n"
+    # at the start of the section of the first command (data preparation or training): install before running
+    first_command = text.find("```bash")
+    heading = text.rfind("\n## ", 0, first_command) if first_command >= 0 else -1
+    if heading < 0:
+        return text.rstrip("\n") + "\n\n" + block
+    start = text.index("\n", heading + 1) + 1
+    return text[:start] + "\n" + block + text[start:].lstrip("\n")
+
+
+def write_zip(staged: Path, output: Path, overwrite: bool) -> None:
+    """Zip ``staged`` (its folder name as the top level) into ``output`` atomically, never replacing a zip
+    unless ``overwrite``.
+
+    Raises:
+        ValueError: a file over the zoo's 25 MB limit per file (other than inlined weights).
+        FileExistsError: ``output`` appeared meanwhile and ``overwrite`` is False.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    with atomic_output(output) as partial:
+        partial.chmod(0o666 & ~umask)  # a zip to share: the mode of a normal write, not the temporary file's 0600
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(staged.rglob("*")):
+                if path.is_file():
+                    archive.write(path, path.relative_to(staged.parent).as_posix())
+        if not overwrite:  # a link fails if the zip exists (also one written meanwhile); the rename then keeps it
+            try:
+                output.hardlink_to(partial)
+            except FileExistsError as error:
+                raise FileExistsError(f"{output}: already exists; pass --overwrite to replace it") from error
 
 
 def export_bundle(
     name: str,
-    output: Path,
+    output_dir: Path,
     checkpoint: Path | None = None,
     settings: dict[str, Any] | None = None,
+    url: str | None = None,
+    inline_weights: bool = False,
     bundles_dir: Path = REPO_ROOT / "bundles",
     package_dir: Path = REPO_ROOT / PACKAGE,
+    schema_keys: Iterable[str] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write the self-contained zip of bundle ``name``.
+    """Write the model-zoo submission ``output_dir/NAME_vVERSION.zip`` of bundle ``name``.
 
     Args:
         name: bundle folder name under ``bundles_dir``.
-        output: zip file to write.
+        output_dir: folder of the zip (and of the weights file when they are not inlined).
         checkpoint: weights to ship; default ``<bundle>/models/model.pt``.
-        settings: top-level config settings to replace (see :func:`apply_settings`).
+        settings: top-level config settings to replace (parsed by :func:`parse_settings`).
+        url: where the weights will be downloadable from (``large_files.yml``); required unless ``inline_weights``.
+        inline_weights: put ``models/model.pt`` into the zip (local sharing) instead of ``large_files.yml``.
         bundles_dir: folder of the bundles.
         package_dir: the shared package to vendor from.
-        overwrite: replace an existing ``output``.
+        schema_keys: metadata keys of the zoo's schema; default those of ``meta_schema_20240725.json``.
+        overwrite: replace an existing zip (and weights file).
 
     Returns:
         The zip file.
 
     Raises:
+        ValueError: a bad bundle name, a setting no config defines, a setting contradicting the checkpoint, a
+            checkpoint that does not fit the network, no ``url`` without ``inline_weights``, a file over 25 MB.
         FileNotFoundError: no such bundle or checkpoint.
-        FileExistsError: ``output`` exists and ``overwrite`` is False.
-        ValueError: a setting no config defines on one line, or a checkpoint that does not fit the network.
+        FileExistsError: the zip or weights file exists and ``overwrite`` is False.
     """
-    bundle = bundles_dir / name
-    configs = bundle / "configs"
-    if not (configs / "inference.yaml").is_file():
-        raise FileNotFoundError(f"{bundle}: not a bundle (no configs/inference.yaml)")
+    bundle = bundle_folder(bundles_dir, name)
     checkpoint = checkpoint or bundle / "models" / "model.pt"
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: checkpoint not found; train the bundle or pass --checkpoint")
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output}: already exists; pass --overwrite to replace it")
-    settings = settings or {}
+    if not inline_weights and not url:
+        raise ValueError("--url: where the weights will be downloadable from (large_files.yml), or --inline-weights")
+    configs = {path.stem: yaml.safe_load(path.read_text()) for path in sorted((bundle / "configs").glob("*.yaml"))}
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    version = str(metadata.get("version", ""))
+    if not re.fullmatch(r"\d+\.\d+\.\d+", version):
+        raise ValueError(f"{bundle}/configs/metadata.json: version {version!r} is not X.Y.Z")
+    output = output_dir / f"{name}_v{version}.zip"
+    weights_file = output_dir / f"{name}_v{version}_model.pt"
+    targets = [output] if inline_weights else [output, weights_file]
+    if not overwrite and (existing := [str(path) for path in targets if path.exists()]):
+        raise FileExistsError(f"{', '.join(existing)}: already exists; pass --overwrite to replace it")
+
+    state = read_network_state(checkpoint)
+    trained = network_settings_of(state)
+    settings = dict(settings or {})
+    check_network_settings(trained, settings, f"{checkpoint} (against --set)")
+    defined = {key for config in configs.values() for key in config}
+    settings = {**{key: value for key, value in trained.items() if key in defined}, **settings}
+    if missing := set(settings) - defined:
+        raise ValueError(f"--set {sorted(missing)}: not a top-level setting of {name}'s configs")
+    for config in configs.values():
+        config.update({key: value for key, value in settings.items() if key in config})
+    check_fits_network(checkpoint, configs["inference"], network_settings(configs["inference"]), f"{name}")
+
+    schema_keys = set(schema_keys) if schema_keys is not None else default_schema_keys()
+    output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / name
         shutil.copytree(bundle, staged, ignore=lambda folder, names: [n for n in names if n in EXCLUDED_NAMES])
-        references, config_names, replaced = set(), set(), set()
-        for config in sorted((staged / "configs").glob("*.yaml")):
-            text, keys = apply_settings(config.read_text(), settings)
-            replaced |= keys
+        references, config_names = set(), set()
+        for stem, config in configs.items():
+            text = json.dumps(config, indent=4)
             references |= {PACKAGE + match for match in PACKAGE_REFERENCE.findall(text)}
-            config_names |= set(CONFIG_IMPORT.findall(text))
-            config.write_text(PACKAGE_WORD.sub(VENDOR_PACKAGE, text))
-        if missing := set(settings) - replaced:
-            raise ValueError(f"--set {sorted(missing)}: not a top-level one-line setting of {name}'s configs")
+            config_names |= set(CONFIG_IMPORT.findall(yaml.safe_dump(config)))
+            (staged / "configs" / f"{stem}.yaml").unlink()
+            (staged / "configs" / f"{stem}.json").write_text(PACKAGE_WORD.sub(VENDOR_PACKAGE, text) + "\n")
 
-        state = read_network_state(checkpoint)
-        with tempfile.TemporaryDirectory() as check_dir:  # the repository's configs with the settings applied
-            original = Path(check_dir) / "inference.yaml"
-            original.write_text(apply_settings((configs / "inference.yaml").read_text(), settings)[0])
-            check_fits_network(state, original, checkpoint)
-        (staged / "models").mkdir()
-        torch.save(state, staged / "models" / "model.pt")
+        readme = staged / "docs" / "README.md"
+        scripts = sorted({match for match in SCRIPT_COMMAND.findall(readme.read_text())})
+        script_files = [REPO_ROOT / "scripts" / f"{script}.py" for script in scripts]
+        if unknown := [str(path) for path in script_files if not path.is_file()]:
+            raise FileNotFoundError(f"{readme.relative_to(staged)} names scripts that do not exist: {unknown}")
+        modules, external = module_closure(package_dir, references, script_files)
+        vendor_modules(package_dir, modules, script_files, staged / VENDOR_PACKAGE)
 
-        modules, external = module_closure(package_dir, references)
-        vendor_modules(package_dir, modules, staged / VENDOR_PACKAGE)
-        metadata_path = staged / "configs" / "metadata.json"
-        metadata = json.loads(metadata_path.read_text())
         pinned = distribution_versions(
             external | config_names, extra=[*metadata.get("required_packages_version", {}), *RUNTIME_PACKAGES]
         )
-        core = {"monai": "monai_version", "torch": "pytorch_version", "numpy": "numpy_version"}
-        for distribution, field in core.items():  # the public version: "2.13.0", not the wheel's "2.13.0+cpu"
-            metadata[field] = importlib.metadata.version(distribution).split("+")[0]
-        metadata["required_packages_version"] = {k: v for k, v in pinned.items() if k not in core}
-        metadata_path.write_text(json.dumps(metadata, indent=4) + "\n")
+        metadata = update_metadata(metadata, schema_keys, settings)
+        metadata["required_packages_version"] = {
+            key: value for key, value in pinned.items() if key not in {"monai", "torch", "numpy"}
+        }
+        (staged / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=4) + "\n")
+        readme.write_text(rewrite_readme(readme.read_text(), name, metadata, inline_weights))
+        license_file = staged / "LICENSE"
+        license_file.write_text(GENERATED_LINE.sub("", license_file.read_text()))
 
-        output.parent.mkdir(parents=True, exist_ok=True)
-        partial = output.with_name(f".{output.name}.partial")
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
-            for path in sorted(staged.rglob("*")):
-                if path.is_file():
-                    archive.write(path, path.relative_to(staged.parent).as_posix())
-        partial.replace(output)
+        (staged / "models").mkdir()
+        weights = staged / "models" / "model.pt"
+        torch.save(with_network_settings(state, {**network_settings(configs["inference"]), **trained}), weights)
+        if not inline_weights:
+            digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+            large_files = {"large_files": [{"path": "models/model.pt", "url": url, "hash_val": digest,
+                                            "hash_type": "sha256"}]}  # fmt: skip
+            (staged / "large_files.yml").write_text(yaml.safe_dump(large_files, sort_keys=False))
+            with atomic_output(weights_file) as tmp_weights:
+                shutil.move(weights, tmp_weights)
+        oversized = [
+            f"{path.relative_to(staged)} ({path.stat().st_size / 2**20:.0f} MB)"
+            for path in staged.rglob("*")
+            if path.is_file() and path.stat().st_size > MAX_ZIP_MEMBER_BYTES and path != weights
+        ]
+        if oversized:
+            raise ValueError(f"{name}: files over the model zoo's 25 MB limit: {oversized}")
+        write_zip(staged, output, overwrite)
     return output
 
 
+def with_network_settings(state: Mapping[str, torch.Tensor], settings: Mapping[str, Any]) -> OrderedDict:
+    """A copy of ``state`` carrying ``settings`` as its network settings (see ``common.checkpoint``)."""
+    copy = OrderedDict(state)
+    copy._metadata = OrderedDict(getattr(state, "_metadata", {}))  # type: ignore[attr-defined]
+    copy._metadata[NETWORK_SETTINGS_KEY] = dict(settings)  # type: ignore[attr-defined]
+    return copy
+
+
+def default_schema_keys() -> set[str]:
+    """The metadata keys of the model zoo's schema ``meta_schema_20240725.json`` (properties)."""
+    return {
+        "schema", "version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
+        "supported_apps", "task", "description", "authors", "copyright", "data_source", "data_type",
+        "image_classes", "label_classes", "pred_classes", "eval_metrics", "intended_use", "references",
+        "network_data_format", "changelog",
+    }  # fmt: skip
+
+
+def vendor_modules(package_dir: Path, modules: Iterable[str], scripts: Iterable[Path], destination: Path) -> None:
+    """Copy ``modules`` of the package and the ``scripts`` into ``destination`` (the bundle's ``scripts``),
+    rewriting the imports and the scripts' usage lines."""
+    sources = [(module_file(package_dir, module), package_dir) for module in sorted(modules)]
+    for source, root in [*sources, *[(script, script.parent) for script in scripts]]:
+        target = destination.joinpath(*source.relative_to(root).parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        text = SCRIPT_COMMAND.sub(
+            rf"python -m {VENDOR_PACKAGE}.\1", PACKAGE_WORD.sub(VENDOR_PACKAGE, source.read_text())
+        )
+        target.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("name", help="bundle folder under bundles/")
-    parser.add_argument("output", type=Path, help="zip file to write")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", help="bundle folder under bundles/ (a plain folder name)")
+    parser.add_argument("output_dir", type=Path, help="folder of the zip NAME_vVERSION.zip (and of the weights)")
     parser.add_argument("--checkpoint", type=Path, help="weights to ship (default: the bundle's models/model.pt)")
-    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--url", help="where the weights will be downloadable from (written to large_files.yml)")
+    parser.add_argument("--inline-weights", action="store_true", help="put the weights into the zip (local sharing)")
+    parser.add_argument(
+        "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+        help="replace a top-level setting of the configs; VALUE is plain YAML flow data ('$' expressions, '%%' "
+        "macros and '_target_' keys are refused: they would run code for every user of the bundle)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--allow-expressions", action="store_true", help="accept --set values that are code ($, %%, _target_)"
+    )
     parser.add_argument("--bundles-dir", type=Path, default=REPO_ROOT / "bundles")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing zip")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing zip and weights file")
     args = parser.parse_args(argv)
     try:
         path = export_bundle(
             args.name,
-            args.output,
+            args.output_dir,
             checkpoint=args.checkpoint,
-            settings=parse_settings(args.settings),
+            settings=parse_settings(args.settings, allow_expressions=args.allow_expressions),
+            url=args.url,
+            inline_weights=args.inline_weights,
             bundles_dir=args.bundles_dir,
             overwrite=args.overwrite,
         )

@@ -69,7 +69,7 @@ def test_method_override_picks_the_map(method, map_type):
 def test_training_writes_checkpoints_logs_and_per_epoch_metrics(trained_run):
     run_root = Path(trained_run["bundle_root"])
     assert (run_root / "models" / "model.pt").is_file()
-    assert (run_root / "models" / "checkpoint_final.pt").is_file()
+    assert (run_root / "models" / "checkpoint.pt").is_file()
     assert list((run_root / "eval").glob("events.out.tfevents.*"))
     with open(run_root / "eval" / "validation_metrics.csv") as stream:
         rows = list(csv.DictReader(stream))
@@ -89,7 +89,7 @@ def test_training_refuses_to_replace_an_earlier_run(trained_run):
     with pytest.raises(RuntimeError) as error_info:  # monai.bundle wraps errors of config expressions
         run(config_file=TRAIN, **trained_run)
     assert isinstance(error_info.value.__cause__, FileExistsError)
-    assert "model.pt: already exists" in str(error_info.value.__cause__)
+    assert "checkpoint.pt: already exists" in str(error_info.value.__cause__)
     assert model.read_bytes() == before
 
 

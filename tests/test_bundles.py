@@ -313,7 +313,7 @@ def test_bundle_trains_evaluates_and_segments(name, releases, tmp_path):
         "num_workers": 0,
     }
     run(config_file=train, **overrides)
-    assert (tmp_path / "models" / "model.pt").is_file() and (tmp_path / "models" / "checkpoint_final.pt").is_file()
+    assert (tmp_path / "models" / "model.pt").is_file() and (tmp_path / "models" / "checkpoint.pt").is_file()
     assert [row["epoch"] for row in read_rows(tmp_path / "eval" / "validation_metrics.csv")] == ["1"]
 
     run(config_file=[train, evaluate], **overrides)

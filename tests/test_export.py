@@ -1,11 +1,13 @@
-"""scripts/export_bundle.py: the exported zip runs, verifies and exports to TorchScript without this repository."""
+"""scripts/export_bundle.py: a model-zoo submission that runs without this repository, and refuses hostile input."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,45 +18,38 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import yaml
 from monai.bundle import ConfigParser
 
+from common.checkpoint import read_network_settings, save_network_weights
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-INFERENCE = REPO_ROOT / "bundles" / "acdc17_rrw" / "configs" / "inference.yaml"
-SCHEMA_FILE = REPO_ROOT.parent / "shared" / "schemas" / "meta_schema_20240725.json"
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
-TINY_NETWORK = {"patch_size": [64, 64], "filters": [4, 8, 8, 16, 16, 16], "sw_batch_size": 8}
+TRAIN = REPO_ROOT / "bundles" / "acdc17_rrw" / "configs" / "train.yaml"
+VERSION = json.loads((REPO_ROOT / "bundles" / "acdc17_rrw" / "configs" / "metadata.json").read_text())["version"]
+ZIP_NAME = f"acdc17_rrw_v{VERSION}.zip"
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+TINY_NETWORK = {"filters": [4, 8, 8, 16, 16, 16], "sw_batch_size": 8}
+TINY_SETTINGS = {"num_classes": 4, "in_channels": 1, "patch_size": [64, 64]}
+URL = "https://example.org/weights/acdc17_rrw_model.pt"
 
 # Runs in a fresh interpreter: drops the editable install of this project and every path inside the repository,
-# checks that `common` cannot be imported, then runs the model-zoo tools from the bundle folder (the cwd).
-ISOLATED_CHECKS = textwrap.dedent(
+# checks that `common` cannot be imported, then runs the bundle from its folder (the cwd) as a user would.
+ISOLATED_RUN = textwrap.dedent(
     """
     import importlib.util, json, os, sys
-    repo, schema, images, predictions = sys.argv[1:5]
+    repo, images, predictions = sys.argv[1:4]
     sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
     sys.path_hooks[:] = [h for h in sys.path_hooks if "__editable__" not in getattr(h, "__module__", "")]
     sys.path[:] = [os.getcwd()] + [p for p in sys.path if "__editable__" not in p and not p.startswith(repo)]
     sys.path_importer_cache.clear()
-    report = {"common_importable": importlib.util.find_spec("common") is not None,
-              "repo_on_path": any(os.path.abspath(p or ".").startswith(repo) for p in sys.path)}
-    from monai.bundle import ConfigParser, ckpt_export, run, verify_metadata, verify_net_in_out
+    report = {"common_importable": importlib.util.find_spec("common") is not None}
+    from monai.bundle import ConfigParser, run
     import scripts
     report["scripts_file"] = scripts.__file__
-    if os.path.isfile(schema):
-        verify_metadata(meta_file="configs/metadata.json", filepath=schema)
-        report["verify_metadata"] = "ok"
-    verify_net_in_out(net_id="network_def", meta_file="configs/metadata.json", config_file="configs/inference.yaml",
-                      n=2, device="cpu")
-    report["verify_net_in_out"] = "ok"
-    # DynUNet with deep supervision cannot be scripted (it assigns to a list of heads), so trace it in eval mode
-    ckpt_export(net_id="network_def", filepath="models/model.ts", ckpt_file="models/model.pt",
-                meta_file="configs/metadata.json", config_file="configs/inference.yaml", use_trace=True,
-                input_shape=[1, 1, 64, 64])
-    report["ckpt_export"] = "ok"
-    run(config_file="configs/inference.yaml", dataset_dir=images, output_dir=predictions, progress=False)
+    run(config_file="configs/inference.json", dataset_dir=images, output_dir=predictions, progress=False)
     train = ConfigParser()  # the training config's objects come from the vendored modules as well
-    train.read_config("configs/train.yaml")
-    report["train_objects"] = [type(train.get_parsed_content(key)).__name__
-                               for key in ("loss", "optimizer", "lr_scheduler", "train#preprocessing")]
+    train.read_config("configs/train.json")
+    report["train_objects"] = [type(train.get_parsed_content(key)).__name__ for key in ("loss", "optimizer")]
     report["loaded_common"] = sorted(name for name in sys.modules if name == "common" or name.startswith("common."))
     print("REPORT " + json.dumps(report))
     """
@@ -68,11 +63,12 @@ def load_export_script():
     return module
 
 
-def tiny_network() -> torch.nn.Module:
+def training_network(settings: dict) -> torch.nn.Module:
+    """The training config's network (deep supervision heads included), tiny."""
     parser = ConfigParser()
-    parser.read_config(str(INFERENCE))
-    parser.update(TINY_NETWORK)
-    return parser.get_parsed_content("network_def", instantiate=True)
+    parser.read_config(str(TRAIN))
+    parser.update({**TINY_NETWORK, **settings})
+    return parser.get_parsed_content("network_def")
 
 
 @pytest.fixture(scope="module")
@@ -83,100 +79,202 @@ def export_script():
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    torch.save({"model": tiny_network().state_dict(), "epoch": torch.tensor(3)}, path)  # as CheckpointSaver saves
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_network_weights(training_network(TINY_SETTINGS), path, TINY_SETTINGS)  # as a training run writes it
     return path
 
 
+def tiny_settings_args() -> list[str]:
+    return [f"--set={key}={json.dumps(value)}" for key, value in TINY_NETWORK.items()]
+
+
 @pytest.fixture(scope="module")
-def exported(export_script, tiny_checkpoint, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("export")
-    settings = [f"--set={key}={json.dumps(value)}" for key, value in TINY_NETWORK.items()]
-    status = export_script.main(["acdc17_rrw", str(folder / "acdc17_rrw.zip"), "--checkpoint", str(tiny_checkpoint)])
-    assert status == 2  # the full-size network of the config does not fit the tiny weights
-    status = export_script.main(
-        ["acdc17_rrw", str(folder / "acdc17_rrw.zip"), "--checkpoint", str(tiny_checkpoint), *settings]
-    )
-    assert status == 0
-    with zipfile.ZipFile(folder / "acdc17_rrw.zip") as archive:
-        archive.extractall(folder / "unzipped")
-    return folder / "unzipped" / "acdc17_rrw"
+def exported(export_script, tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
+    dist = tmp_path_factory.mktemp("dist")
+    arguments = ["acdc17_rrw", str(dist), "--checkpoint", str(tiny_checkpoint), "--url", URL]
+    assert export_script.main(arguments) == 2  # the full-size filters of the config do not fit the tiny weights
+    assert not list(dist.iterdir())
+    assert export_script.main([*arguments, *tiny_settings_args()]) == 0
+    with zipfile.ZipFile(dist / ZIP_NAME) as archive:
+        names = archive.namelist()
+        archive.extractall(dist / "unzipped")
+    return {"dist": dist, "bundle": dist / "unzipped" / "acdc17_rrw", "names": names}
 
 
-def test_zip_holds_vendored_modules_bare_weights_and_pinned_versions(exported, tiny_checkpoint):
-    vendored = {path.relative_to(exported / "scripts").as_posix() for path in (exported / "scripts").rglob("*.py")}
-    assert {"__init__.py", "engines.py", "inference.py", "transforms.py", "maps.py", "data.py"} <= vendored
-    assert {"losses/__init__.py", "losses/region_wise.py", "evaluation.py"} <= vendored
-    assert not {"plots.py", "statistics.py", "releases.py", "synthetic.py"} & vendored  # not needed by configs
-    for path in [*(exported / "scripts").rglob("*.py"), *(exported / "configs").glob("*.yaml")]:
+def test_submission_layout_weights_outside_and_large_files(exported, tiny_checkpoint):
+    dist, bundle, names = exported["dist"], exported["bundle"], exported["names"]
+    written = sorted(path.name for path in dist.iterdir())
+    assert written == sorted([ZIP_NAME, f"acdc17_rrw_v{VERSION}_model.pt", "unzipped"])
+    assert all(name.startswith("acdc17_rrw/") for name in names)
+    assert "acdc17_rrw/models/model.pt" not in names and "acdc17_rrw/bundle.yaml" not in names
+    assert sorted(path.name for path in (bundle / "configs").iterdir()) == [
+        "evaluate.json", "inference.json", "logging.conf", "metadata.json", "multi_gpu_train.json", "train.json",
+    ]  # fmt: skip
+    assert (dist / ZIP_NAME).stat().st_mode & 0o044 == 0o044  # readable by group and others (usual umask)
+
+    weights = dist / f"acdc17_rrw_v{VERSION}_model.pt"
+    large_files = yaml.safe_load((bundle / "large_files.yml").read_text())["large_files"]
+    assert large_files == [
+        {"path": "models/model.pt", "url": URL, "hash_val": hashlib.sha256(weights.read_bytes()).hexdigest(),
+         "hash_type": "sha256"}
+    ]  # fmt: skip
+    state = torch.load(weights, weights_only=True)
+    expected = torch.load(tiny_checkpoint, weights_only=True)
+    assert state.keys() == expected.keys() and all(torch.equal(state[key], expected[key]) for key in state)
+    assert read_network_settings(weights) == TINY_SETTINGS
+
+
+def test_vendored_modules_configs_and_pinned_public_packages(exported, schema_file):
+    bundle = exported["bundle"]
+    vendored = {path.relative_to(bundle / "scripts").as_posix() for path in (bundle / "scripts").rglob("*.py")}
+    assert {
+        "__init__.py",
+        "engines.py",
+        "inference.py",
+        "transforms.py",
+        "checkpoint.py",
+        "prepare_acdc.py",
+    } <= vendored
+    assert not {"plots.py", "statistics.py", "releases.py"} & vendored  # not needed by configs or preparation
+    for path in [*(bundle / "scripts").rglob("*.py"), *(bundle / "configs").glob("*.json"), bundle / "docs/README.md"]:
         text = path.read_text()
-        assert "from common" not in text and "common.engines" not in text and "import common" not in text, path
-    assert not (exported / "models" / "checkpoint_final.pt").exists() and not (exported / "bundle.yaml").exists()
+        assert not re.search(r"(?<![\w.])common\.|from common\b|import common\b", text), path
+        assert "generated by" not in text.lower(), path
+    assert "generated" not in (bundle / "LICENSE").read_text().splitlines()[0].lower()
 
-    state = torch.load(exported / "models" / "model.pt", weights_only=True)
-    expected = torch.load(tiny_checkpoint, weights_only=True)["model"]
-    assert state.keys() == expected.keys()
-    assert all(torch.equal(state[key], expected[key]) for key in state)
+    inference = ConfigParser()
+    inference.read_config(str(bundle / "configs" / "inference.json"))
+    assert inference["filters"] == TINY_NETWORK["filters"] and inference["patch_size"] == TINY_SETTINGS["patch_size"]
 
-    metadata = json.loads((exported / "configs" / "metadata.json").read_text())
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    schema_keys = set(json.loads(schema_file.read_text())["properties"])
+    assert set(metadata) <= schema_keys | {"name"} and "generated_by" not in metadata
     assert metadata["monai_version"] == importlib.metadata.version("monai")
     assert metadata["pytorch_version"] == importlib.metadata.version("torch").split("+")[0]
     assert metadata["numpy_version"] == np.__version__
     required = metadata["required_packages_version"]
     for distribution in ("nibabel", "edt", "pytorch-ignite", "scipy"):
         assert required[distribution] == importlib.metadata.version(distribution)
-    assert "imbalance-seg-bundles" not in required
+    assert "imbalance-seg-bundles" not in required and "monai" not in required
 
-    inference = ConfigParser()
-    inference.read_config(str(exported / "configs" / "inference.yaml"))
-    assert inference["filters"] == TINY_NETWORK["filters"] and inference["patch_size"] == TINY_NETWORK["patch_size"]
+
+def test_readme_commands_use_only_the_bundles_files(exported):
+    bundle = exported["bundle"]
+    readme = (bundle / "docs" / "README.md").read_text()
+    assert "bundles/acdc17_rrw" not in readme and "generated" not in readme.splitlines()[0]
+    commands = [line for block in re.findall(r"```bash\n(.*?)```", readme, re.DOTALL) for line in block.splitlines()]
+    assert any(line.startswith("pip install monai==") for line in commands)
+    assert "python -m scripts.prepare_acdc /data/ACDC/database" in "\n".join(commands)
+    for line in commands:
+        assert not re.search(r"scripts/\w+\.py|\.yaml\b", line), line  # repository scripts and configs
+        for config in re.findall(r"configs/[\w.]+", line):
+            assert (bundle / config).is_file(), line
+    assert "large_files.yml" in readme
 
 
 def test_exported_bundle_runs_without_the_repository(exported, tmp_path):
-    launcher = tmp_path / "isolated_checks.py"
-    launcher.write_text(ISOLATED_CHECKS)
+    bundle = exported["bundle"]
+    (bundle / "models").mkdir(exist_ok=True)
+    (bundle / "models" / "model.pt").write_bytes((exported["dist"] / f"acdc17_rrw_v{VERSION}_model.pt").read_bytes())
+    launcher = tmp_path / "isolated_run.py"
+    launcher.write_text(ISOLATED_RUN)
     images, predictions = tmp_path / "images", tmp_path / "predictions"
     images.mkdir()
-    rng = np.random.default_rng(0)
     affine = np.diag([1.5, 1.5, 8.0, 1.0])
-    nib.save(nib.Nifti1Image(rng.normal(size=(40, 36, 3)).astype(np.float32), affine), images / "case.nii.gz")
+    volume = np.random.default_rng(0).normal(size=(40, 36, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, affine), images / "case.nii.gz")
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    command = [sys.executable, str(launcher), str(REPO_ROOT), str(SCHEMA_FILE), str(images), str(predictions)]
-    result = subprocess.run(command, cwd=exported, env=environment, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, str(launcher), str(REPO_ROOT), str(images), str(predictions)]
+    result = subprocess.run(command, cwd=bundle, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     report = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("REPORT "))[7:])
-    assert report["common_importable"] is False and report["repo_on_path"] is False
-    assert report["loaded_common"] == []
-    assert Path(report["scripts_file"]) == exported / "scripts" / "__init__.py"
-    assert report["verify_net_in_out"] == report["ckpt_export"] == "ok"
-    assert report["train_objects"] == ["StackedDeepSupervisionLoss", "Adam", "PolynomialLR", "Compose"]
-    if SCHEMA_FILE.is_file():
-        assert report["verify_metadata"] == "ok"
-
+    assert report["common_importable"] is False and report["loaded_common"] == []
+    assert Path(report["scripts_file"]) == bundle / "scripts" / "__init__.py"
+    assert report["train_objects"][1] == "Adam"
     prediction = nib.load(predictions / "case.nii.gz")
     assert prediction.shape == (40, 36, 3)
     np.testing.assert_allclose(prediction.affine, affine)
     assert set(np.unique(np.asanyarray(prediction.dataobj))) <= {0, 1, 2, 3}
 
-    scripted = torch.jit.load(exported / "models" / "model.ts")  # the TorchScript export gives the eager outputs
-    network = tiny_network()
-    network.load_state_dict(torch.load(exported / "models" / "model.pt", weights_only=True))
-    network.eval()
-    for sample in (torch.randn(1, 1, 64, 64), torch.randn(2, 1, 96, 128)):  # also sizes other than the traced one
-        with torch.no_grad():
-            torch.testing.assert_close(scripted(sample), network(sample))
+
+def test_inline_weights_settings_from_the_checkpoint_and_no_silent_overwrite(export_script, tmp_path):
+    torch.manual_seed(1)
+    three_classes = {**TINY_SETTINGS, "num_classes": 3}
+    save_network_weights(training_network(three_classes), tmp_path / "three.pt", three_classes)
+    arguments = ["acdc17_rrw", str(tmp_path / "dist"), "--checkpoint", str(tmp_path / "three.pt"), "--inline-weights"]
+    assert export_script.main([*arguments, *tiny_settings_args()]) == 0
+    archive_path = tmp_path / "dist" / ZIP_NAME
+    with zipfile.ZipFile(archive_path) as archive:
+        assert "acdc17_rrw/models/model.pt" in archive.namelist()
+        assert "acdc17_rrw/large_files.yml" not in archive.namelist()
+        inference = json.loads(archive.read("acdc17_rrw/configs/inference.json"))
+        metadata = json.loads(archive.read("acdc17_rrw/configs/metadata.json"))
+    assert inference["num_classes"] == 3  # taken from the checkpoint, no --set needed
+    pred = metadata["network_data_format"]["outputs"]["pred"]
+    assert pred["num_channels"] == 3 and len(pred["channel_def"]) == 3
+
+    before = archive_path.read_bytes()
+    assert export_script.main([*arguments, *tiny_settings_args()]) == 2  # exists: kept as it was
+    assert archive_path.read_bytes() == before
+    with pytest.raises(ValueError, match=r"three\.pt .*num_classes: 3 in the checkpoint, 4 in the config"):
+        export_script.export_bundle(
+            "acdc17_rrw", tmp_path / "other", checkpoint=tmp_path / "three.pt", inline_weights=True,
+            settings={**TINY_NETWORK, "num_classes": 4},
+        )  # fmt: skip
+    assert export_script.main([*arguments, *tiny_settings_args(), "--overwrite"]) == 0
+    assert sorted(path.name for path in (tmp_path / "dist").iterdir()) == [ZIP_NAME]  # no partial files left
 
 
-def test_export_refuses_unknown_settings_and_foreign_checkpoints(export_script, tmp_path):
+@pytest.mark.parametrize("name", ["../acdc17_rrw", "acdc17_rrw/../acdc17_rrw", "/tmp/acdc17_rrw", "..", "a\\b", ""])
+def test_bundle_names_with_path_parts_are_refused_by_name(export_script, tiny_checkpoint, tmp_path, name):
+    with pytest.raises(ValueError, match=rf"bundle name {re.escape(repr(name))}: not a bundle folder name"):
+        export_script.export_bundle(name, tmp_path / "dist", checkpoint=tiny_checkpoint, inline_weights=True)
+    assert not (tmp_path / "dist").exists()
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "filters=$__import__('os').system('id')",
+        "sw_batch_size= $1 + 1",
+        "filters='%/tmp/other.yaml#filters'",
+        "filters=[4, '$exit()']",
+        "device={_target_: os.system, command: id}",
+        "device={nested: {_requires_: '@x'}}",
+    ],
+)
+def test_set_refuses_code_unless_allowed(export_script, item):
+    with pytest.raises(ValueError, match=r"would run code in everyone's copy of the bundle; pass --allow-expressions"):
+        export_script.parse_settings([item])
+    key = item.partition("=")[0]
+    assert key in export_script.parse_settings([item], allow_expressions=True)
+
+
+def test_set_accepts_plain_data_and_references(export_script, capsys):
+    settings = export_script.parse_settings(["filters=[4, 8]", "device='@other'", "name=plain $ text", "x=null"])
+    assert settings == {"filters": [4, 8], "device": "@other", "name": "plain $ text", "x": None}
+    for bad in ("filters", "=3", "a.b=1", "../x=1"):
+        with pytest.raises(ValueError, match="expected KEY=VALUE"):
+            export_script.parse_settings([bad])
+    with pytest.raises(SystemExit):
+        export_script.main(["--help"])
+    help_text = capsys.readouterr().out
+    assert "--allow-expressions" in help_text and "refused" in help_text
+
+
+def test_export_refuses_unknown_settings_foreign_checkpoints_and_missing_url(export_script, tiny_checkpoint, tmp_path):
     checkpoint = tmp_path / "other.pt"
     torch.save({"model": torch.nn.Linear(2, 2).state_dict()}, checkpoint)
-    with pytest.raises(ValueError, match=r"other\.pt: does not fit network_def"):
-        export_script.export_bundle("acdc17_rrw", tmp_path / "a.zip", checkpoint=checkpoint)
+    common = {"checkpoint": checkpoint, "inline_weights": True}
+    with pytest.raises(ValueError, match=r"other\.pt: does not fit the network DynUNet"):
+        export_script.export_bundle("acdc17_rrw", tmp_path / "dist", **common)
     with pytest.raises(ValueError, match="no_such_key"):
-        export_script.export_bundle(
-            "acdc17_rrw", tmp_path / "a.zip", checkpoint=checkpoint, settings={"no_such_key": 1}
-        )
+        export_script.export_bundle("acdc17_rrw", tmp_path / "dist", settings={"no_such_key": 1}, **common)
     (tmp_path / "notes.pt").write_text("not a checkpoint")
     with pytest.raises(ValueError, match=r"notes\.pt: cannot read"):
-        export_script.export_bundle("acdc17_rrw", tmp_path / "a.zip", checkpoint=tmp_path / "notes.pt")
-    assert not (tmp_path / "a.zip").exists()
+        export_script.export_bundle(
+            "acdc17_rrw", tmp_path / "dist", checkpoint=tmp_path / "notes.pt", inline_weights=True
+        )
+    with pytest.raises(ValueError, match="--url"):
+        export_script.export_bundle("acdc17_rrw", tmp_path / "dist", checkpoint=tiny_checkpoint)
+    assert not (tmp_path / "dist").exists() or not list((tmp_path / "dist").iterdir())

@@ -23,7 +23,7 @@ CONFIGS = [
 ]
 TINY_NETWORK = {"patch_size": [64, 64], "filters": [4, 8, 8, 16, 16, 16], "sw_batch_size": 8}
 SPLITS = ("training", "validation")
-RANK0_ONLY = ["AtomicCheckpointSaver", "StatsHandler", "TensorBoardStatsHandler", "ProgressBar"]
+RANK0_ONLY = ["FinalWeightsSaver", "StatsHandler", "TensorBoardStatsHandler", "ProgressBar"]
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,10 @@ def test_only_rank_0_saves_checkpoints_and_writes_logs(distributed_run):
     events = [name for name in files if "tfevents" in name]
     assert events and all(name.split(".")[-2] == str(rank0["pid"]) for name in events)  # event files carry the pid
     assert [name for name in files if "tfevents" not in name] == [
-        "eval/validation_metrics.csv", "models/checkpoint_final.pt", "models/checkpoint_last.pt", "models/model.pt",
+        "eval/validation_metrics.csv", "models/checkpoint.pt", "models/model.pt",
     ]  # fmt: skip
-    last = torch.load(root / "models" / "checkpoint_last.pt", weights_only=True)
+    last = torch.load(root / "models" / "checkpoint.pt", weights_only=True)
     assert last["trainer"]["epoch_length"] > 0 and last["lr_scheduler"]["last_epoch"] == 2
-    assert not any(key.startswith("module.") for key in last["model"])  # saved without the DDP wrapper
+    final = torch.load(root / "models" / "model.pt", weights_only=True)
+    for state in (last["model"], final):  # saved without the DDP wrapper
+        assert state and not any(key.startswith("module.") for key in state)

@@ -14,7 +14,19 @@ from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 from monai.networks.nets import DynUNet
 
-from common.checkpoint import AtomicCheckpointSaver, ResumableTraining, epoch_seed, load_checkpoint
+from common.checkpoint import (
+    AtomicCheckpointSaver,
+    FinalWeightsSaver,
+    NetworkWeightsLoader,
+    ResumableTraining,
+    epoch_seed,
+    keep_pretrained_weights,
+    load_checkpoint,
+    load_network_weights,
+    network_settings_of,
+    read_network_settings,
+    save_network_weights,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning")
 
@@ -73,7 +85,7 @@ def resumed(dataset_dir, tmp_path_factory) -> tuple[Path, ConfigParser, dict]:
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == -9, result.stderr[-3000:]  # SIGKILL: no handler ran after the kill
-    at_kill = torch.load(root / "models" / "checkpoint_last.pt", weights_only=True)
+    at_kill = torch.load(root / "models" / "checkpoint.pt", weights_only=True)
     return root, train_in_process({**overrides, "resume": True}), at_kill
 
 
@@ -86,8 +98,8 @@ def test_the_killed_run_left_the_checkpoint_of_its_last_complete_epoch(resumed):
 
 def test_resumed_training_reaches_the_uninterrupted_state(uninterrupted, resumed):
     (plain_root, plain), (resumed_root, resumed_parser, _) = uninterrupted, resumed
-    expected = torch.load(plain_root / "models" / "checkpoint_last.pt", weights_only=True)
-    actual = torch.load(resumed_root / "models" / "checkpoint_last.pt", weights_only=True)
+    expected = torch.load(plain_root / "models" / "checkpoint.pt", weights_only=True)
+    actual = torch.load(resumed_root / "models" / "checkpoint.pt", weights_only=True)
     assert actual["trainer"] == expected["trainer"]
     assert actual["trainer"]["iteration"] == EPOCHS * ITERATIONS_PER_EPOCH
     for trainer in (plain, resumed_parser):
@@ -114,10 +126,16 @@ def test_resumed_training_reaches_the_uninterrupted_state(uninterrupted, resumed
     plain_csv = (plain_root / "eval" / "validation_metrics.csv").read_text().splitlines()
     resumed_csv = (resumed_root / "eval" / "validation_metrics.csv").read_text().splitlines()
     assert len(resumed_csv) == len(plain_csv) == 1 + EPOCHS
-    best_plain = torch.load(plain_root / "models" / "model.pt", weights_only=True)  # one object: saved bare
-    best_resumed = torch.load(resumed_root / "models" / "model.pt", weights_only=True)
-    for key, value in best_plain.items():
-        torch.testing.assert_close(best_resumed[key], value, rtol=1e-5, atol=1e-6)
+    # models/model.pt: the final weights (bare state dict) with the network settings, equal after the resume
+    final_plain = torch.load(plain_root / "models" / "model.pt", weights_only=True)
+    final_resumed = torch.load(resumed_root / "models" / "model.pt", weights_only=True)
+    for key, value in expected["model"].items():
+        torch.testing.assert_close(final_plain[key], value)
+        torch.testing.assert_close(final_resumed[key], value, rtol=1e-5, atol=1e-6)
+    settings = {"num_classes": 4, "in_channels": 1, "patch_size": TINY_NETWORK["patch_size"]}
+    assert network_settings_of(final_plain) == network_settings_of(final_resumed) == settings
+    # one training state file, no duplicate final checkpoint, no best-model file without a selection split
+    assert sorted(path.name for path in (resumed_root / "models").iterdir()) == ["checkpoint.pt", "model.pt"]
 
 
 def test_a_finished_run_is_not_replaced_without_resume(uninterrupted):
@@ -128,7 +146,7 @@ def test_a_finished_run_is_not_replaced_without_resume(uninterrupted):
     with pytest.raises(RuntimeError) as error_info:  # monai.bundle wraps errors of config expressions
         parser.get_parsed_content("keep_earlier_results")
     assert isinstance(error_info.value.__cause__, FileExistsError)
-    assert "model.pt: already exists" in str(error_info.value.__cause__)
+    assert "checkpoint.pt: already exists" in str(error_info.value.__cause__)
 
 
 def tiny_dynunet(filters: list[int]) -> DynUNet:
@@ -148,7 +166,7 @@ def test_a_checkpoint_of_another_network_fails_naming_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"last\.pt: has no \['optimizer'\] entries"):
         load_checkpoint(tmp_path / "last.pt", {"model": network, "optimizer": optimizer})
     (tmp_path / "cut.pt").write_bytes((tmp_path / "last.pt").read_bytes()[:100])
-    with pytest.raises(ValueError, match=r"cut\.pt: cannot read as a weights-only checkpoint"):
+    with pytest.raises(ValueError, match=r"cut\.pt: cannot read as a weights-only PyTorch checkpoint"):
         load_checkpoint(tmp_path / "cut.pt", {"model": tiny_dynunet([4, 8, 16])})
     torch.save({"model": {"weight": torch.ones(1)}, "code": Engine}, tmp_path / "pickled.pt")  # not plain data
     with pytest.raises(ValueError, match=r"pickled\.pt: cannot read"):
@@ -193,3 +211,108 @@ def test_epoch_seeds_differ_by_epoch_and_rank_and_reseed_the_data(tmp_path):
     torch.manual_seed(epoch_seed(3, 2, 0))
     torch.rand(2)
     assert drawn[1] == torch.rand(1).item()
+
+
+def test_a_damaged_training_state_under_resume_names_the_file(tmp_path):
+    engine = Engine(lambda engine, batch: None)
+    engine.state.max_epochs, engine.state.epoch_length = 2, 1
+    network = tiny_dynunet([4, 8, 16])
+    damaged = {
+        "empty.pt": {},
+        "no_trainer.pt": {"model": network.state_dict()},
+        "bad_trainer.pt": {"model": network.state_dict(), "trainer": {"epoch": 1}},
+        "weights_only.pt": network.state_dict(),
+        "list.pt": [1, 2],
+    }
+    for name, content in damaged.items():
+        torch.save(content, tmp_path / name)
+        resumer = ResumableTraining(tmp_path / name, {"model": network}, resume=True)
+        with pytest.raises(ValueError, match=rf"{name.replace('.', '[.]')}: "):
+            resumer.load(engine)
+
+
+def test_final_weights_carry_the_network_settings_and_load_without_the_heads(tmp_path):
+    torch.manual_seed(0)
+    training = DynUNet(2, 1, 4, [3] * 3, [1, 2, 2], [2, 2], filters=[4, 8, 16], deep_supervision=True)
+    settings = {"num_classes": 4, "in_channels": 1, "patch_size": (64, 64), "target_spacing": [1.25, 1.25, -1]}
+    engine = Engine(lambda engine, batch: None)
+    FinalWeightsSaver(training, tmp_path / "models" / "model.pt", settings).attach(engine)
+    engine.run([0], max_epochs=1)
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert any(key.startswith("deep_supervision_heads.") for key in state)  # the training network's file
+    training.load_state_dict(state)  # still a plain state dict for strict loading and the zoo's tools
+    expected_settings = {**settings, "patch_size": [64, 64]}
+    assert read_network_settings(tmp_path / "models" / "model.pt") == expected_settings
+
+    inference = tiny_dynunet([4, 8, 16])  # built without deep supervision: no head modules
+    evaluator = Engine(lambda engine, batch: None)
+    NetworkWeightsLoader(tmp_path / "models" / "model.pt", inference, {"num_classes": 4}).attach(evaluator)
+    evaluator.run([0], max_epochs=1)
+    for key, value in inference.state_dict().items():
+        assert torch.equal(value, training.state_dict()[key]), key
+
+    with pytest.raises(ValueError, match=r"model\.pt: .*num_classes: 4 in the checkpoint, 3 in the config"):
+        load_network_weights(tiny_dynunet([4, 8, 16]), tmp_path / "models" / "model.pt", {"num_classes": 3})
+    shapes = r"model\.pt: does not fit the network DynUNet \(other shapes: .* \(16, 8, 3, 3\) in the checkpoint, \(32"
+    with pytest.raises(ValueError, match=shapes):
+        load_network_weights(tiny_dynunet([4, 8, 32]), tmp_path / "models" / "model.pt")
+    other = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 1))
+    save_network_weights(other, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other\.pt: does not fit .*not in the network: 0\.weight, 0\.bias"):
+        load_network_weights(tiny_dynunet([4, 8, 16]), tmp_path / "other.pt")
+    assert read_network_settings(tmp_path / "other.pt") == {}
+
+
+def test_shipped_weights_are_kept_and_trained_from(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.manual_seed(0)
+    shipped = tiny_dynunet([4, 8, 16])
+    save_network_weights(shipped, models / "model.pt", {"num_classes": 4})
+    shipped_bytes = (models / "model.pt").read_bytes()
+    network = tiny_dynunet([4, 8, 16])
+    start = keep_pretrained_weights(network, models / "model.pt", models / "model_pretrained.pt", {"num_classes": 4})
+    assert start == models / "model_pretrained.pt" and start.read_bytes() == shipped_bytes
+    assert (models / "model.pt").read_bytes() == shipped_bytes  # the input is copied, never changed
+    for key, value in network.state_dict().items():
+        assert torch.equal(value, shipped.state_dict()[key])
+
+    save_network_weights(tiny_dynunet([4, 8, 16]), models / "model.pt")  # the run's final weights replace model.pt
+    again = tiny_dynunet([4, 8, 16])  # a second run starts from the kept weights again, which stay as they were
+    keep_pretrained_weights(again, models / "model.pt", models / "model_pretrained.pt")
+    assert (models / "model_pretrained.pt").read_bytes() == shipped_bytes
+    assert all(torch.equal(value, shipped.state_dict()[key]) for key, value in again.state_dict().items())
+
+    scratch = tiny_dynunet([4, 8, 16])
+    before = {key: value.clone() for key, value in scratch.state_dict().items()}
+    assert keep_pretrained_weights(scratch, models / "model.pt", models / "model_pretrained.pt", finetune=False) is None
+    assert all(torch.equal(value, before[key]) for key, value in scratch.state_dict().items())
+    with pytest.raises(ValueError, match=r"model_pretrained\.pt: trained with other network settings"):
+        keep_pretrained_weights(scratch, models / "model.pt", models / "model_pretrained.pt", {"num_classes": 3})
+    with pytest.raises(TypeError, match="finetune must be True or False"):
+        keep_pretrained_weights(scratch, models / "model.pt", models / "model_pretrained.pt", finetune="yes")
+
+    fresh = tmp_path / "fresh"  # --overwrite True starts over: nothing is kept, the network stays random
+    fresh.mkdir()
+    (fresh / "model.pt").write_bytes(shipped_bytes)
+    assert keep_pretrained_weights(scratch, fresh / "model.pt", fresh / "model_pretrained.pt", overwrite=True) is None
+    assert not (fresh / "model_pretrained.pt").exists()
+
+
+def test_a_bundle_that_ships_weights_fine_tunes_without_overwrite(uninterrupted, dataset_dir, tmp_path):
+    plain_root, _ = uninterrupted
+    (tmp_path / "models").mkdir()
+    shipped_bytes = (plain_root / "models" / "model.pt").read_bytes()
+    (tmp_path / "models" / "model.pt").write_bytes(shipped_bytes)  # a downloaded bundle: weights and nothing else
+    shipped = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    parser = ConfigParser()
+    parser.read_config(CONFIGS)
+    parser.update({**settings(dataset_dir, tmp_path), "epochs": 1})
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("keep_earlier_results")  # the first step of run (resolved once)
+    started = parser.get_parsed_content("network").state_dict()
+    assert all(torch.equal(started[key], value) for key, value in shipped.items())  # fine-tuning starts from them
+    parser.get_parsed_content("run")
+    assert (tmp_path / "models" / "model_pretrained.pt").read_bytes() == shipped_bytes
+    final = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert not all(torch.equal(final[key], value) for key, value in shipped.items())  # the fine-tuned weights
