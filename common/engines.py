@@ -24,6 +24,7 @@ from monai.handlers import HausdorffDistance
 from monai.losses import DeepSupervisionLoss
 
 from common.data import atomic_output
+from common.errors import OptionError, OutputExistsError
 
 
 def ensure_absent(*paths: str | os.PathLike, overwrite: bool = False) -> None:
@@ -34,17 +35,20 @@ def ensure_absent(*paths: str | os.PathLike, overwrite: bool = False) -> None:
         overwrite: allow replacing them.
 
     Raises:
-        FileExistsError: one of ``paths`` exists and ``overwrite`` is False; the message names the file.
-        TypeError: ``overwrite`` is not a bool (``--overwrite true`` on the command line gives the string "true").
+        OutputExistsError: one of ``paths`` exists and ``overwrite`` is False; the message names the file and the
+            fix. It is a ``FileExistsError``.
+        OptionError: ``overwrite`` is not a bool (``--overwrite true`` on the command line gives the string
+            "true"). It is a ``TypeError``.
     """
     if not isinstance(overwrite, bool):
-        raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
+        raise OptionError(f"overwrite must be True or False, got {overwrite!r}; pass --overwrite True (capitalised)")
     if overwrite:
         return
     for path in paths:
         if Path(path).exists():
-            raise FileExistsError(
-                f"{path}: already exists from an earlier run; choose another output folder or pass --overwrite True"
+            raise OutputExistsError(
+                f"{path}: already exists from an earlier run; pass --overwrite to replace it or choose another "
+                "output location"
             )
 
 

@@ -1,0 +1,114 @@
+"""User errors and how a failed run reports them: the cause and its fix as the last printed line.
+
+MONAI wraps every error raised inside a config expression or a transform in a ``RuntimeError`` ("Failed to evaluate
+ConfigExpression ...", "applying transform ..."), so a bundle run that stops on a user mistake prints a long chained
+traceback whose last line is the wrapper, not the cause. :func:`install_error_hook` (installed by importing
+:mod:`common.error_hook`, the first import of every bundle config) replaces ``sys.excepthook`` with
+:func:`report_uncaught`, which finds the cause in the chain and prints it last.
+
+Exit statuses of ``python -m monai.bundle run ...`` and of the scripts:
+
+- ``0``: success.
+- ``1``: a failure that is not a user error (a bug, a corrupt file, running out of memory): Python's traceback,
+  then ``error: <type>: <message>`` of the cause; for batch tools (folder inference, evaluation), some items
+  failed and the others were processed (each failure is listed with its reason).
+- ``2``: a user error (:class:`UserError`, or an existing output, a missing file or folder, or a permission
+  problem): one line ``error: <message>`` naming the file or option and the fix, and no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+
+EXIT_FAILURE = 1
+EXIT_USER_ERROR = 2
+
+# errors that are the user's to fix (an option, a path, a file) and whose message is complete without a traceback
+USER_ERROR_TYPES: tuple[type[BaseException], ...] = (
+    FileExistsError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+
+
+class UserError(Exception):
+    """A mistake in the user's input or options; the message names the file or option and how to fix it."""
+
+
+class OptionError(UserError, TypeError):
+    """An option value of the wrong type or outside its allowed values (still a ``TypeError`` for callers)."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output of an earlier run would be replaced (still a ``FileExistsError`` for callers)."""
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Whether ``error`` is the user's to fix (see the module docstring), so its message alone is reported."""
+    return isinstance(error, (UserError, *USER_ERROR_TYPES))
+
+
+def _is_wrapper(error: BaseException) -> bool:
+    """A plain ``RuntimeError`` raised ``from`` another error only wraps it (MONAI's config and transform errors)."""
+    return type(error) is RuntimeError and error.__cause__ is not None
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The error that explains ``error``: follow explicit causes (``raise ... from``) past wrapping RuntimeErrors.
+
+    A user error anywhere in the chain wins, the outermost one (its message is the most specific: callers add the
+    file name when they re-raise). Otherwise the first error of the chain that does not merely wrap its cause.
+    Implicit contexts (an error raised while handling another) are not followed: the later error is the one that
+    describes the problem.
+
+    Args:
+        error: the exception that ended the run.
+
+    Returns:
+        The exception to report.
+    """
+    chain = [error]
+    while chain[-1].__cause__ is not None and chain[-1].__cause__ not in chain:
+        chain.append(chain[-1].__cause__)
+    user_errors = [link for link in chain if is_user_error(link)]
+    if user_errors:
+        return user_errors[0]
+    return next((link for link in chain if not _is_wrapper(link)), chain[-1])
+
+
+def error_line(error: BaseException) -> str:
+    """The last line a failed run prints: ``error: <message>`` (with the type when it is not a user error)."""
+    cause = root_cause(error)
+    message = str(cause).strip() or type(cause).__name__
+    if is_user_error(cause):
+        return f"error: {message}"
+    return f"error: {type(cause).__name__}: {message}"
+
+
+def exit_status(error: BaseException) -> int:
+    """The documented exit status for a run that ended with ``error``."""
+    return EXIT_USER_ERROR if is_user_error(root_cause(error)) else EXIT_FAILURE
+
+
+def report_uncaught(error_type: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+    """``sys.excepthook``: a user error's message alone, otherwise Python's traceback; then the cause's line.
+
+    Raising ``SystemExit`` from ``sys.excepthook`` is how CPython lets a hook choose the exit status; ``atexit``
+    handlers and logging shutdown still run.
+    """
+    if not isinstance(error, Exception):  # KeyboardInterrupt and the like keep Python's own report
+        sys.__excepthook__(error_type, error, trace)
+        return
+    sys.stdout.flush()
+    if not is_user_error(root_cause(error)):
+        sys.__excepthook__(error_type, error, trace)
+    print(error_line(error), file=sys.stderr, flush=True)
+    raise SystemExit(exit_status(error))
+
+
+def install_error_hook() -> None:
+    """Make uncaught errors end with their cause (see :func:`report_uncaught`); calling it again changes nothing."""
+    sys.excepthook = report_uncaught
