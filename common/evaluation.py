@@ -430,17 +430,45 @@ def _to_label_map(array: torch.Tensor) -> np.ndarray:
     return values.numpy().round().astype(np.int32)
 
 
-def _case_name(label: torch.Tensor, fallback: str) -> str:
-    """Case identifier from the MetaTensor's source file name, stripped of image extensions."""
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".npz", ".png")
+
+
+def _case_source(label: torch.Tensor, fallback: str) -> str:
+    """The label MetaTensor's source file (``filename_or_obj``), or ``fallback`` when it has none."""
     meta = getattr(label, "meta", {}) or {}
-    source = meta.get("filename_or_obj")
-    if not source:
-        return fallback
-    name = Path(str(source)).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".npz", ".png"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return str(meta.get("filename_or_obj") or fallback)
+
+
+def _strip_image_suffix(name: str) -> str:
+    suffix = next((s for s in IMAGE_SUFFIXES if name.lower().endswith(s)), "")
+    return name[: len(name) - len(suffix)]
+
+
+def case_ids(sources: Sequence[str]) -> dict[str, str]:
+    """Distinct case ids for source files: the path below the folder that holds them all, image suffix removed.
+
+    File names alone are not enough: ``siteA/patient001/label.nii.gz`` and ``siteB/patient001/label.nii.gz`` must stay
+    two cases (``siteA/patient001/label`` and ``siteB/patient001/label``); files of one folder keep their stem.
+    Names without an image suffix (not files) are kept as they are.
+
+    Args:
+        sources: source file paths (and other names), any order, repeats allowed.
+
+    Returns:
+        Mapping of each distinct source to its id.
+    """
+    files = sorted({source for source in sources if source.lower().endswith(IMAGE_SUFFIXES)})
+    ids = {source: source for source in sources}
+    if files:
+        absolute = [os.path.abspath(source) for source in files]
+        root = os.path.commonpath([os.path.dirname(path) for path in absolute])
+        ids.update(
+            {
+                source: _strip_image_suffix(Path(os.path.relpath(path, root)).as_posix())
+                for source, path in zip(files, absolute, strict=True)
+            }
+        )
+    return ids
 
 
 def _default_output_transform(output: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -506,7 +534,7 @@ class CaseMetricsWriter:
             affine = getattr(label, "affine", None)
             spatial_dims = label.ndim - 1
             spacing = spacing_from_affine(affine)[:spatial_dims] if affine is not None else None
-            case = _case_name(label, fallback=f"iteration{engine.state.iteration}_item{index}")
+            case = _case_source(label, fallback=f"iteration{engine.state.iteration}_item{index}")
             self.results.extend(
                 evaluate_case(_to_label_map(pred), _to_label_map(label), self.structures, spacing, case=case)
             )
@@ -517,7 +545,9 @@ class CaseMetricsWriter:
 
         serialized = json.dumps([asdict(r) for r in self.results])
         gathered = idist.all_gather(serialized) if idist.get_world_size() > 1 else [serialized]
-        self.results = [StructureResult(**row) for part in gathered for row in json.loads(part)]
+        rows = [row for part in gathered for row in json.loads(part)]
+        ids = case_ids([row["case"] for row in rows])
+        self.results = [StructureResult(**{**row, "case": ids[row["case"]]}) for row in rows]
         self.summary = summarize(self.results)
         if idist.get_rank() != 0:
             return

@@ -24,6 +24,7 @@ from common.evaluation import (
     CaseMetricsWriter,
     StructureResult,
     brats_regions,
+    case_ids,
     class_structures,
     evaluate_case,
     hausdorff_from_masks,
@@ -277,6 +278,17 @@ def test_evaluate_folder_reports_bad_cases_and_evaluates_the_rest(tmp_path, caps
     assert [p.name for p in (tmp_path / "overlays").iterdir()] == ["good_overlay.png"]
     assert evaluate_folder_main(argv) == 2  # outputs exist and --overwrite was not given
     assert "exists" in capsys.readouterr().err
+
+
+def test_case_ids_keep_cases_of_two_sites_apart():
+    sources = ["/d/siteA/p1/label.nii.gz", "/d/siteB/p1/label.nii.gz", "/d/siteA/p2/label.NII", "iteration3_item0"]
+    assert case_ids(sources + sources[:1]) == {
+        "/d/siteA/p1/label.nii.gz": "siteA/p1/label",
+        "/d/siteB/p1/label.nii.gz": "siteB/p1/label",
+        "/d/siteA/p2/label.NII": "siteA/p2/label",
+        "iteration3_item0": "iteration3_item0",
+    }
+    assert case_ids(["/d/x/a.nii.gz", "/d/x/b.nii.gz"]) == {"/d/x/a.nii.gz": "a", "/d/x/b.nii.gz": "b"}
 
 
 def test_class_structures_names():
