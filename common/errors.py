@@ -18,7 +18,9 @@ Exit statuses of ``python -m monai.bundle run ...`` and of the scripts:
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from types import TracebackType
 
 EXIT_FAILURE = 1
@@ -44,6 +46,31 @@ class OptionError(UserError, TypeError):
 
 class OutputExistsError(UserError, FileExistsError):
     """An output of an earlier run would be replaced (still a ``FileExistsError`` for callers)."""
+
+
+def ensure_absent(*paths: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse to start a run that would replace earlier results.
+
+    Args:
+        paths: files the run is going to write (checkpoints, metric tables).
+        overwrite: allow replacing them.
+
+    Raises:
+        OutputExistsError: one of ``paths`` exists and ``overwrite`` is False; the message names the file and the
+            fix. It is a ``FileExistsError``.
+        OptionError: ``overwrite`` is not a bool (``--overwrite true`` on the command line gives the string
+            "true"). It is a ``TypeError``.
+    """
+    if not isinstance(overwrite, bool):
+        raise OptionError(f"overwrite must be True or False, got {overwrite!r}; pass --overwrite True (capitalised)")
+    if overwrite:
+        return
+    for path in paths:
+        if Path(path).exists():
+            raise OutputExistsError(
+                f"{path}: already exists from an earlier run; pass --overwrite to replace it or choose another "
+                "output location"
+            )
 
 
 def is_user_error(error: BaseException) -> bool:

@@ -34,7 +34,7 @@ from scipy import ndimage
 from scipy.spatial import KDTree
 
 from common.data import atomic_output
-from common.engines import ensure_absent
+from common.errors import ensure_absent
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -238,6 +238,7 @@ def evaluate_case(
     structures: Mapping[str, Sequence[int]],
     spacing: Sequence[float] | None = None,
     case: str = "",
+    distances: bool = True,
 ) -> list[StructureResult]:
     """Dice, HD and HD95 of every structure of one case.
 
@@ -247,6 +248,8 @@ def evaluate_case(
         structures: mapping structure name to the label values it unites.
         spacing: voxel spacing in mm per array axis; 1 when ``None``.
         case: case identifier stored in the results (and used in error messages).
+        distances: compute HD and HD95; when False they stay NaN for ``present`` structures (Dice only, one pass
+            over the voxels).
 
     Returns:
         One `StructureResult` per structure, in the order of ``structures``.
@@ -267,11 +270,12 @@ def evaluate_case(
     confusion = np.bincount(
         label.ravel().astype(np.int64) * num_values + pred.ravel(), minlength=num_values * num_values
     ).reshape(num_values, num_values)
-    label_objects = ndimage.find_objects(label)
-    pred_objects = ndimage.find_objects(pred)
-    # A frame of -1 (no structure's label) keeps every crop (union box plus a one-voxel margin) inside the arrays.
-    padded_label = np.pad(label, 1, constant_values=-1)
-    padded_pred = np.pad(pred, 1, constant_values=-1)
+    if distances:
+        label_objects = ndimage.find_objects(label)
+        pred_objects = ndimage.find_objects(pred)
+        # A frame of -1 (no structure's label) keeps every crop (union box plus a one-voxel margin) inside the arrays.
+        padded_label = np.pad(label, 1, constant_values=-1)
+        padded_pred = np.pad(pred, 1, constant_values=-1)
 
     results = []
     for name, values in structures.items():
@@ -283,14 +287,15 @@ def evaluate_case(
         if gt_voxels and pred_voxels:
             status = STATUS_PRESENT
             dice = 2.0 * intersection / (gt_voxels + pred_voxels)
-            if 0 in members:  # background has no find_objects box and usually spans the volume
-                box = tuple(slice(0, n) for n in label.shape)
-            else:
-                box = _union_box(_boxes_of(label_objects, members) + _boxes_of(pred_objects, members))
-            crop = tuple(slice(s.start, s.stop + 2) for s in box)  # box in padded coordinates, margin 1
-            hd, hd95 = hausdorff_from_masks(
-                _structure_mask(padded_pred[crop], members), _structure_mask(padded_label[crop], members), spacing
-            )
+            if distances:
+                if 0 in members:  # background has no find_objects box and usually spans the volume
+                    box = tuple(slice(0, n) for n in label.shape)
+                else:
+                    box = _union_box(_boxes_of(label_objects, members) + _boxes_of(pred_objects, members))
+                crop = tuple(slice(s.start, s.stop + 2) for s in box)  # box in padded coordinates, margin 1
+                hd, hd95 = hausdorff_from_masks(
+                    _structure_mask(padded_pred[crop], members), _structure_mask(padded_label[crop], members), spacing
+                )
         elif gt_voxels or pred_voxels:
             status = STATUS_MISSED if gt_voxels else STATUS_FALSE_POSITIVE
             dice, hd, hd95 = 0.0, math.inf, math.inf
@@ -423,7 +428,7 @@ def read_results_csv(path: str | os.PathLike) -> list[StructureResult]:
     return results
 
 
-def _to_label_map(array: torch.Tensor) -> np.ndarray:
+def label_map(array: torch.Tensor) -> np.ndarray:
     """Channel-first tensor (1 or C channels) to an integer label map; C channels are argmax-ed."""
     values = array.detach().cpu()
     values = values[0] if values.shape[0] == 1 else values.argmax(dim=0)
@@ -535,9 +540,7 @@ class CaseMetricsWriter:
             spatial_dims = label.ndim - 1
             spacing = spacing_from_affine(affine)[:spatial_dims] if affine is not None else None
             case = _case_source(label, fallback=f"iteration{engine.state.iteration}_item{index}")
-            self.results.extend(
-                evaluate_case(_to_label_map(pred), _to_label_map(label), self.structures, spacing, case=case)
-            )
+            self.results.extend(evaluate_case(label_map(pred), label_map(label), self.structures, spacing, case=case))
 
     def epoch_completed(self, engine: Engine) -> None:
         """Gather the rows of all processes, write the CSV files on rank 0 and log the summary."""

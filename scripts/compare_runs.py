@@ -32,8 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from common.data import atomic_output
-from common.engines import ensure_absent
-from common.errors import EXIT_USER_ERROR, UserError
+from common.errors import EXIT_USER_ERROR, UserError, ensure_absent
 from common.evaluation import STATUS_ABSENT, STATUS_PRESENT, StructureResult, read_results_csv, write_rows_csv
 from common.statistics import paired_permutation_test
 

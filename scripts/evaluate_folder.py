@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from common.data import load_volume
-from common.engines import ensure_absent
-from common.errors import EXIT_FAILURE, EXIT_USER_ERROR, UserError
+from common.errors import EXIT_FAILURE, EXIT_USER_ERROR, UserError, ensure_absent
 from common.evaluation import (
     StructureResult,
     brats_regions,

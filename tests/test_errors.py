@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser
 
-from common.engines import ensure_absent
 from common.errors import (
     EXIT_FAILURE,
     EXIT_USER_ERROR,
     OptionError,
     OutputExistsError,
     UserError,
+    ensure_absent,
     error_line,
     exit_status,
     root_cause,

@@ -1,4 +1,4 @@
-"""scripts/evaluate_folder.py never pairs files wrongly, never drops a file silently and never writes into its inputs."""
+"""scripts/evaluate_folder.py never pairs files wrongly, never drops a file silently, never writes into its inputs."""
 
 from __future__ import annotations
 
