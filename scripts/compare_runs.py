@@ -247,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
 
+    if args.permutations < 1 or not 0 < args.alpha < 1:
+        parser.error(f"--permutations must be >= 1 and --alpha in (0, 1), got {args.permutations} and {args.alpha}")
     paths: dict[str, list[Path]] = {}
     for name, path in args.run:
         paths.setdefault(name, []).append(path)

@@ -153,3 +153,6 @@ def test_inputs_are_never_outputs_and_never_given_twice(tmp_path, runs, capsys):
     with pytest.raises(SystemExit):
         compare_runs_main([f"--run=A={paths['RRW']}", f"--run=B={paths['RRW']}", "--reference", "A"])
     assert "given once" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare_runs_main([f"--run=A={paths['RRW']}", "--reference", "A", "--permutations", "0"])
+    assert "--permutations must be >= 1" in capsys.readouterr().err
