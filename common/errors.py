@@ -83,13 +83,55 @@ def _is_wrapper(error: BaseException) -> bool:
     return type(error) is RuntimeError and error.__cause__ is not None
 
 
+# torch's DataLoader re-raises a worker's error as a new exception whose message holds the worker's traceback text
+_WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):\n"
+_CHAINED = "\nThe above exception was the direct cause of the following exception:\n"
+
+
+class _WorkerError(Exception):
+    """An error of a DataLoader worker whose type this process cannot rebuild; keeps the type's name."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+
+
+def _rebuild(type_name: str, message: str) -> BaseException:
+    """An exception of the named type (looked up in modules already imported) with ``message``."""
+    module_name, _, attribute = type_name.rpartition(".")
+    error_type = getattr(sys.modules.get(module_name or "builtins"), attribute, None)
+    if isinstance(error_type, type) and issubclass(error_type, Exception):
+        try:
+            return error_type(message)
+        except TypeError:  # a constructor that needs other arguments: keep the name and the message
+            pass
+    return _WorkerError(type_name, message)
+
+
+def _worker_chain(error: BaseException) -> list[BaseException]:
+    """The chain a DataLoader worker's error had in the worker, outermost first, or [] for other errors."""
+    text = str(error)
+    if _WORKER_TRACEBACK not in text:
+        return []
+    rebuilt: list[BaseException] = []
+    for section in text.split(_WORKER_TRACEBACK, 1)[1].split(_CHAINED):  # innermost first
+        lines = section.strip("\n").splitlines()
+        last_frame = max((index for index, line in enumerate(lines) if line.startswith(" ")), default=-1)
+        type_name, _, message = "\n".join(lines[last_frame + 1 :]).partition(": ")
+        rebuilt.append(_rebuild(type_name.strip(), message.strip()))
+        if len(rebuilt) > 1:
+            rebuilt[-1].__cause__ = rebuilt[-2]
+    return rebuilt[::-1]
+
+
 def root_cause(error: BaseException) -> BaseException:
     """The error that explains ``error``: follow explicit causes (``raise ... from``) past wrapping RuntimeErrors.
 
     A user error anywhere in the chain wins, the outermost one (its message is the most specific: callers add the
     file name when they re-raise). Otherwise the first error of the chain that does not merely wrap its cause.
     Implicit contexts (an error raised while handling another) are not followed: the later error is the one that
-    describes the problem.
+    describes the problem. An error re-raised by torch's DataLoader from a worker process continues the chain
+    with the errors rebuilt from the worker's traceback text.
 
     Args:
         error: the exception that ended the run.
@@ -100,6 +142,11 @@ def root_cause(error: BaseException) -> BaseException:
     chain = [error]
     while chain[-1].__cause__ is not None and chain[-1].__cause__ not in chain:
         chain.append(chain[-1].__cause__)
+    for index, link in enumerate(chain):
+        worker_chain = _worker_chain(link)
+        if worker_chain:
+            chain = chain[:index] + worker_chain
+            break
     user_errors = [link for link in chain if is_user_error(link)]
     if user_errors:
         return user_errors[0]
@@ -109,10 +156,11 @@ def root_cause(error: BaseException) -> BaseException:
 def error_line(error: BaseException) -> str:
     """The last line a failed run prints: ``error: <message>`` (with the type when it is not a user error)."""
     cause = root_cause(error)
-    message = str(cause).strip() or type(cause).__name__
+    type_name = cause.type_name if isinstance(cause, _WorkerError) else type(cause).__name__
+    message = str(cause).strip() or type_name
     if is_user_error(cause):
         return f"error: {message}"
-    return f"error: {type(cause).__name__}: {message}"
+    return f"error: {type_name}: {message}"
 
 
 def exit_status(error: BaseException) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from monai.bundle import ConfigParser
+from torch._utils import ExceptionWrapper
 
 from common.errors import (
     EXIT_FAILURE,
@@ -77,6 +78,40 @@ def test_a_bug_keeps_its_type_and_the_outermost_user_error_wins():
     looping = RuntimeError("loop")
     looping.__cause__ = looping
     assert root_cause(looping) is looping
+
+
+def reraised_by_a_dataloader(error: BaseException) -> BaseException:
+    """What the main process gets when a DataLoader worker raised ``error``: a new error holding its traceback text."""
+    try:
+        raise error
+    except BaseException:
+        wrapper = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(BaseException) as error_info:
+        wrapper.reraise()
+    return error_info.value
+
+
+def test_errors_of_dataloader_workers_are_traced_to_their_cause(tmp_path):
+    bad_label = tmp_path / "case_gt.nii.gz"
+    try:
+        raise ValueError(f"{bad_label}: label values must lie in [0, 3]")
+    except ValueError as cause:
+        wrapped = RuntimeError("applying transform <ValidateSegmentationd>")
+        wrapped.__cause__ = cause
+    reraised = reraised_by_a_dataloader(wrapped)
+    assert type(reraised) is RuntimeError and reraised.__cause__ is None  # only the text of the chain survives
+    assert error_line(reraised) == f"error: ValueError: {bad_label}: label values must lie in [0, 3]"
+    assert exit_status(reraised) == EXIT_FAILURE
+
+    user = reraised_by_a_dataloader(OutputExistsError(f"{bad_label}: already exists"))
+    assert error_line(user) == f"error: {bad_label}: already exists" and exit_status(user) == EXIT_USER_ERROR
+
+    class CustomError(Exception):
+        def __init__(self, code: int, detail: str) -> None:
+            super().__init__(f"code {code}: {detail}")
+
+    custom = reraised_by_a_dataloader(CustomError(7, "sensor offline"))  # cannot be rebuilt from the text
+    assert error_line(custom).endswith("CustomError: code 7: sensor offline")
 
 
 def test_ensure_absent_accepts_only_bools_and_keeps_existing_files(tmp_path):
