@@ -56,13 +56,16 @@ def ensure_absent(*paths: str | os.PathLike, overwrite: bool = False) -> None:
         overwrite: allow replacing them.
 
     Raises:
-        OutputExistsError: one of ``paths`` exists and ``overwrite`` is False; the message names the file and the
-            fix. It is a ``FileExistsError``.
+        OutputExistsError: one of ``paths`` exists and ``overwrite`` is False, or is a folder (never replaced);
+            the message names the file and the fix. It is a ``FileExistsError``.
         OptionError: ``overwrite`` is not a bool (``--overwrite true`` on the command line gives the string
             "true"). It is a ``TypeError``.
     """
     if not isinstance(overwrite, bool):
         raise OptionError(f"overwrite must be True or False, got {overwrite!r}; pass --overwrite True (capitalised)")
+    for path in paths:
+        if Path(path).is_dir():
+            raise OutputExistsError(f"{path}: is a folder, and this output is a file; give a file name")
     if overwrite:
         return
     for path in paths:

@@ -123,6 +123,8 @@ def test_ensure_absent_accepts_only_bools_and_keeps_existing_files(tmp_path):
         ensure_absent(tmp_path / "absent.csv", existing)
     ensure_absent(existing, overwrite=True)
     assert existing.read_text() == "keep"
+    with pytest.raises(OutputExistsError, match=f"{tmp_path}: is a folder, and this output is a file"):
+        ensure_absent(tmp_path, overwrite=True)
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
