@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from common.data import atomic_output
-from common.errors import EXIT_USER_ERROR, UserError, ensure_absent
+from common.errors import EXIT_USER_ERROR, UserError, ensure_absent, install_error_hook
 from common.evaluation import STATUS_ABSENT, STATUS_PRESENT, StructureResult, read_results_csv, write_rows_csv
 from common.statistics import paired_permutation_test
 
@@ -295,4 +295,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    install_error_hook()  # anything unexpected still ends with its cause as the last line
     sys.exit(main())

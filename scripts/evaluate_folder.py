@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from common.data import load_volume
-from common.errors import EXIT_FAILURE, EXIT_USER_ERROR, UserError, ensure_absent
+from common.errors import EXIT_FAILURE, EXIT_USER_ERROR, UserError, ensure_absent, install_error_hook
 from common.evaluation import (
     StructureResult,
     brats_regions,
@@ -260,4 +260,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    install_error_hook()  # anything unexpected still ends with its cause as the last line
     sys.exit(main())

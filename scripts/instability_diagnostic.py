@@ -25,6 +25,7 @@ import torch
 
 from common.data import load_volume
 from common.diagnostics import multi_negative_fraction, negative_component_count
+from common.errors import install_error_hook
 from common.evaluation import case_ids, spacing_from_affine
 from common.maps import active_contour_map, boundary_map, rrw_map
 from common.plots import plot_diagnostic_overlay
@@ -148,4 +149,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    install_error_hook()  # anything unexpected still ends with its cause as the last line
     sys.exit(main())
