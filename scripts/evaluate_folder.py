@@ -7,7 +7,8 @@ prediction (ACDC: ``patient001_frame01_gt.nii.gz`` -> ``patient001_frame01_seg.n
 the label postfix (``siteA/patient001`` and ``siteB/patient001`` are two cases). Spacing comes from the label
 file's affine. Writes a per-case, per-structure CSV (Dice, HD, HD95 in mm, status) and a mean +- std summary CSV
 next to it, atomically. ``--overlays DIR`` also draws, per case, the image (from ``--image-dir``), label and
-prediction on the slice (last axis) with the most labelled voxels.
+prediction on the slice (last axis) with the most labelled voxels. ``--dataset-json`` evaluates the label values of
+an MSD ``dataset.json`` under its names (predictions that carry the dataset's label values).
 
 Nothing is paired wrongly or dropped silently: a prediction folder inside the label folder (or the reverse), two
 label files that give the same case name, and outputs inside an input folder are refused before anything is read
@@ -23,6 +24,7 @@ reason and make the exit status 1; the other cases are still evaluated and writt
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -176,8 +178,29 @@ def run_job(job: Job) -> tuple[list[StructureResult], str | None]:
         return [], str(error)
 
 
+def dataset_structures(path: Path, include_background: bool) -> dict[str, tuple[int, ...]]:
+    """One structure per label of an MSD ``dataset.json`` (``"labels": {"1": "aorta", ...}``), named as there.
+
+    Raises:
+        UserError: the file is unreadable or its ``labels`` entry is not such a mapping.
+    """
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
+        values = {int(value): str(name) for value, name in labels.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UserError(
+            f'{path}: needs a "labels" entry such as {{"0": "background", "1": "aorta"}} ({type(error).__name__}: '
+            f"{error})"
+        ) from error
+    if len(set(values.values())) != len(values):
+        raise UserError(f"{path}: label names must be distinct, got {sorted(values.values())}")
+    return {name: (value,) for value, name in sorted(values.items()) if value != 0 or include_background}
+
+
 def build_structures(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
-    if args.labels:
+    if args.dataset_json:
+        structures = dataset_structures(args.dataset_json, args.include_background)
+    elif args.labels:
         structures = {f"class_{v}": (v,) for v in args.labels}
     elif args.num_classes:
         structures = class_structures(args.num_classes, include_background=args.include_background)
@@ -196,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary", type=Path, help="summary CSV (default: <output stem>_summary.csv)")
     parser.add_argument("--num-classes", type=int, help="classes including background; evaluates 1..N-1")
     parser.add_argument("--labels", type=int, nargs="+", help="explicit label values to evaluate as classes")
+    parser.add_argument(
+        "--dataset-json", type=Path, help="MSD dataset.json: evaluate its label values, named as in its 'labels'"
+    )
     parser.add_argument("--include-background", action="store_true", help="also evaluate label 0 (--num-classes)")
     parser.add_argument("--regions", choices=["brats"], help="also evaluate BraTS WT/TC/ET regions")
     parser.add_argument("--enhancing-label", type=int, default=4, help="enhancing-tumour label for --regions brats")
@@ -209,9 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     args = parser.parse_args(argv)
 
-    structures = build_structures(args)
+    try:
+        structures = build_structures(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
     if not structures:
-        parser.error("nothing to evaluate: give --num-classes, --labels or --regions")
+        parser.error("nothing to evaluate: give --num-classes, --labels, --dataset-json or --regions")
     summary_path = args.summary or args.output.with_name(f"{args.output.name.removesuffix('.csv')}_summary.csv")
     outputs = [args.output, summary_path] + ([args.overlays] if args.overlays else [])
     try:
@@ -222,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             raise NotADirectoryError(f"{args.pred_dir}: prediction folder does not exist or is not a folder")
         if not label_paths:
             raise UserError(f"{args.label_dir}: no NIfTI label files found (searched recursively)")
-        num_classes = args.num_classes if not args.labels and args.regions is None else None
+        num_classes = args.num_classes if not (args.labels or args.dataset_json) and args.regions is None else None
         jobs = [make_job(label_path, args, structures, num_classes) for label_path in label_paths]
         duplicates = duplicate_cases(jobs)
         if duplicates:

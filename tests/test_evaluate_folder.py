@@ -92,3 +92,26 @@ def test_duplicate_case_names_and_outputs_inside_inputs_are_refused(tmp_path, ca
 
     assert evaluate_folder_main(arguments(labels, preds, output, "--label-postfix", "_gt")) == 0
     assert [result.case for result in read_results_csv(output)] == ["case"]
+
+
+def test_structures_are_named_and_valued_as_in_dataset_json(tmp_path, capsys):
+    labels, preds = tmp_path / "labels", tmp_path / "preds"
+    label = np.zeros((12, 12, 12), np.uint8)
+    label[2:6, 2:6, 2:6] = 1
+    label[7:11, 7:11, 7:11] = 5  # release label values need not be consecutive
+    prediction = label.copy()
+    prediction[7:11, 7:11, 7:9] = 0  # half the kidney missed
+    labels.mkdir()
+    preds.mkdir()
+    nib.save(nib.Nifti1Image(label, AFFINE), labels / "case.nii.gz")
+    nib.save(nib.Nifti1Image(prediction, AFFINE), preds / "case.nii.gz")
+    description = tmp_path / "dataset.json"
+    description.write_text('{"labels": {"0": "background", "1": "aorta", "5": "kidney"}}')
+    output = tmp_path / "eval.csv"
+    argv = ["--label-dir", str(labels), "--pred-dir", str(preds), "--dataset-json", str(description)]
+    assert evaluate_folder_main([*argv, "--output", str(output)]) == 0
+    dice = {result.structure: (result.labels, result.dice) for result in read_results_csv(output)}
+    assert dice == {"aorta": ("1", 1.0), "kidney": ("5", pytest.approx(2 * 32 / (64 + 32)))}
+    description.write_text('{"labels": ["background", "aorta"]}')
+    assert evaluate_folder_main([*argv, "--output", str(tmp_path / "other.csv")]) == EXIT_USER_ERROR
+    assert f'error: {description}: needs a "labels" entry such as' in capsys.readouterr().err
