@@ -18,7 +18,9 @@ Exit statuses of ``python -m monai.bundle run ...`` and of the scripts:
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import sys
 from pathlib import Path
 from types import TracebackType
@@ -156,14 +158,46 @@ def root_cause(error: BaseException) -> BaseException:
     return next((link for link in chain if not _is_wrapper(link)), chain[-1])
 
 
+_CONFIG_WRAPPER = "Failed to evaluate ConfigExpression: \n"  # monai.bundle.config_item.ConfigExpression.evaluate
+
+
+def config_expression(error: BaseException) -> str | None:
+    """The bundle config expression whose evaluation raised ``error`` (innermost), written with ``@`` references.
+
+    MONAI wraps such errors in ``RuntimeError("Failed to evaluate ConfigExpression: <pformat of the expression>")``
+    with references rewritten as ``__local_refs['a::b']``; this reverses both so the user sees ``@a#b``.
+    """
+    expression = None
+    link: BaseException | None = error
+    seen: list[BaseException] = []
+    while link is not None and link not in seen:
+        seen.append(link)
+        message = str(link)
+        if _is_wrapper(link) and message.startswith(_CONFIG_WRAPPER):
+            try:
+                expression = str(ast.literal_eval(message[len(_CONFIG_WRAPPER) :]))
+            except (ValueError, SyntaxError):
+                expression = message[len(_CONFIG_WRAPPER) :]
+        link = link.__cause__
+    if expression is None:
+        return None
+    return re.sub(r"__local_refs\['([^']+)'\]", lambda match: "@" + match.group(1).replace("::", "#"), expression)
+
+
 def error_line(error: BaseException) -> str:
-    """The last line a failed run prints: ``error: <message>`` (with the type when it is not a user error)."""
+    """The last line a failed run prints: ``error: <message>``.
+
+    A user error's message stands alone; other errors add their type and, when a bundle config expression raised
+    them, the expression (``--bundle_root 2024`` makes ``$@bundle_root + '/models'`` fail with a ``TypeError``).
+    """
     cause = root_cause(error)
     type_name = cause.type_name if isinstance(cause, _WorkerError) else type(cause).__name__
     message = str(cause).strip() or type_name
     if is_user_error(cause):
         return f"error: {message}"
-    return f"error: {type_name}: {message}"
+    expression = config_expression(error)
+    where = f" (in the config expression {expression})" if expression else ""
+    return f"error: {type_name}: {message}{where}"
 
 
 def exit_status(error: BaseException) -> int:

@@ -17,6 +17,7 @@ from common.errors import (
     OptionError,
     OutputExistsError,
     UserError,
+    config_expression,
     ensure_absent,
     error_line,
     exit_status,
@@ -78,6 +79,20 @@ def test_a_bug_keeps_its_type_and_the_outermost_user_error_wins():
     looping = RuntimeError("loop")
     looping.__cause__ = looping
     assert root_cause(looping) is looping
+
+
+def test_a_failing_config_expression_is_named_with_its_references():
+    numeric_root = raise_from_config("$@bundle_root + '/models'", bundle_root=2024)  # --bundle_root 2024
+    assert error_line(numeric_root) == (
+        "error: TypeError: unsupported operand type(s) for +: 'int' and 'str' "
+        "(in the config expression $@bundle_root + '/models')"
+    )
+    long = "$int(@train#settings['epochs']) + len('" + "x" * 90 + "')"  # pformat splits it over several lines
+    error = raise_from_config(long, train={"settings": {"epochs": "many"}})
+    assert error_line(error) == (
+        f"error: ValueError: invalid literal for int() with base 10: 'many' (in the config expression {long})"
+    )
+    assert config_expression(RuntimeError("no config involved")) is None
 
 
 def reraised_by_a_dataloader(error: BaseException) -> BaseException:
