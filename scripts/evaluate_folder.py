@@ -235,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     args = parser.parse_args(argv)
 
+    for option, postfix in (("--label-postfix", args.label_postfix), ("--pred-postfix", args.pred_postfix)):
+        if "/" in postfix or "\\" in postfix:  # would lead the pairing out of the folder
+            parser.error(f"{option} {postfix!r}: a postfix is part of a file name and may not hold a path separator")
     try:
         structures = build_structures(args)
     except UserError as error:

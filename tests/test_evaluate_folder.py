@@ -90,6 +90,11 @@ def test_duplicate_case_names_and_outputs_inside_inputs_are_refused(tmp_path, ca
     assert f"error: {overlays}: output inside --label-dir {labels}" in capsys.readouterr().err
     assert not inside.exists() and not overlays.exists() and not output.exists()
 
+    escaping = arguments(labels, preds, output, "--label-postfix", "_gt", "--pred-postfix", "/../../labels/case_gt")
+    with pytest.raises(SystemExit):
+        evaluate_folder_main(escaping)
+    assert "may not hold a path separator" in capsys.readouterr().err
+
     assert evaluate_folder_main(arguments(labels, preds, output, "--label-postfix", "_gt")) == 0
     assert [result.case for result in read_results_csv(output)] == ["case"]
 
