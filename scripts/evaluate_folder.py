@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{args.label_dir}: no NIfTI label files found (searched recursively)")
         num_classes = args.num_classes if not (args.labels or args.dataset_json) and args.regions is None else None
         jobs = [make_job(label_path, args, structures, num_classes) for label_path in label_paths]
+        ensure_absent(*[job.overlay_path for job in jobs if job.overlay_path], overwrite=args.overwrite)
         duplicates = duplicate_cases(jobs)
         if duplicates:
             raise UserError(

@@ -278,6 +278,11 @@ def test_evaluate_folder_reports_bad_cases_and_evaluates_the_rest(tmp_path, caps
     assert [p.name for p in (tmp_path / "overlays").iterdir()] == ["good_overlay.png"]
     assert evaluate_folder_main(argv) == 2  # outputs exist and --overwrite was not given
     assert "exists" in capsys.readouterr().err
+    output.unlink()
+    (tmp_path / "eval" / "run_summary.csv").unlink()
+    assert evaluate_folder_main(argv) == 2  # an overlay exists: refused before any case is evaluated
+    assert f"{tmp_path / 'overlays' / 'good_overlay.png'}: already exists" in capsys.readouterr().err
+    assert not output.exists()
 
 
 def test_case_ids_keep_cases_of_two_sites_apart():
