@@ -174,9 +174,15 @@ def test_the_hook_prints_the_cause_last_with_the_documented_status():
     assert interrupted.returncode not in (0, EXIT_FAILURE, EXIT_USER_ERROR)
 
 
-def run_bundle(*options: str) -> subprocess.CompletedProcess:
+def start_bundle(*options: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.yaml", *options]
-    return subprocess.run(command, capture_output=True, text=True, cwd=BUNDLE, timeout=300)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=BUNDLE)
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str]:
+    """Exit status and stderr of a started bundle run."""
+    _, stderr = process.communicate(timeout=300)
+    return process.returncode, stderr
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -184,15 +190,18 @@ def test_bundle_runs_end_with_the_cause_of_a_user_error(tmp_path):
     models = tmp_path / "run" / "models"
     models.mkdir(parents=True)
     (models / "model.pt").write_bytes(b"earlier weights")
-    existing = run_bundle("--bundle_root", str(tmp_path / "run"), "--dataset_dir", str(tmp_path / "data"))
-    assert existing.returncode == EXIT_USER_ERROR
-    assert existing.stderr.splitlines()[-1] == (
+    # both runs at once: each spends most of its time importing torch and MONAI
+    existing = start_bundle("--bundle_root", str(tmp_path / "run"), "--dataset_dir", str(tmp_path / "data"))
+    missing = start_bundle("--bundle_root", str(tmp_path / "fresh"), "--dataset_dir", str(tmp_path / "data"))
+    (existing_status, existing_err), (missing_status, missing_err) = finish(existing), finish(missing)
+
+    assert existing_status == EXIT_USER_ERROR
+    assert existing_err.splitlines()[-1] == (
         f"error: {models / 'model.pt'}: already exists from an earlier run; pass --overwrite to replace it or "
         "choose another output location"
     )
-    assert "Traceback" not in existing.stderr
+    assert "Traceback" not in existing_err
     assert (models / "model.pt").read_bytes() == b"earlier weights"
 
-    missing = run_bundle("--bundle_root", str(tmp_path / "fresh"), "--dataset_dir", str(tmp_path / "data"))
-    assert missing.returncode == EXIT_USER_ERROR
-    assert missing.stderr.splitlines()[-1].startswith(f"error: {tmp_path / 'data' / 'datalist.json'}: datalist not")
+    assert missing_status == EXIT_USER_ERROR
+    assert missing_err.splitlines()[-1].startswith(f"error: {tmp_path / 'data' / 'datalist.json'}: datalist not")
