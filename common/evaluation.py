@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -459,7 +460,8 @@ def case_ids(sources: Sequence[str]) -> dict[str, str]:
 
     File names alone are not enough: ``siteA/patient001/label.nii.gz`` and ``siteB/patient001/label.nii.gz`` must stay
     two cases (``siteA/patient001/label`` and ``siteB/patient001/label``); files of one folder keep their stem.
-    Names without an image suffix (not files) are kept as they are.
+    Names without an image suffix (not files) are kept as they are; files whose names differ only in the suffix
+    keep it.
 
     Args:
         sources: source file paths (and other names), any order, repeats allowed.
@@ -470,13 +472,12 @@ def case_ids(sources: Sequence[str]) -> dict[str, str]:
     files = sorted({source for source in sources if source.lower().endswith(IMAGE_SUFFIXES)})
     ids = {source: source for source in sources}
     if files:
-        absolute = [os.path.abspath(source) for source in files]
-        root = os.path.commonpath([os.path.dirname(path) for path in absolute])
+        root = os.path.commonpath([os.path.dirname(os.path.abspath(source)) for source in files])
+        relative = {source: Path(os.path.relpath(os.path.abspath(source), root)).as_posix() for source in files}
+        stripped = {source: _strip_image_suffix(name) for source, name in relative.items()}
+        counts = Counter(stripped.values())  # x.nii and x.nii.gz of one folder keep their suffixes
         ids.update(
-            {
-                source: _strip_image_suffix(Path(os.path.relpath(path, root)).as_posix())
-                for source, path in zip(files, absolute, strict=True)
-            }
+            {source: stripped[source] if counts[stripped[source]] == 1 else relative[source] for source in files}
         )
     return ids
 
@@ -559,6 +560,10 @@ class CaseMetricsWriter:
         self.summary = summarize(self.results)
         if idist.get_rank() != 0:
             return
+        pairs = Counter((result.case, result.structure) for result in self.results)
+        repeated = sorted({case for (case, _), count in pairs.items() if count > 1})
+        if repeated:  # the table keeps every row; compare_runs.py refuses it until the datalist is fixed
+            logger.warning("case(s) evaluated more than once (listed twice in the datalist?): %s", ", ".join(repeated))
         overwrite = self.overwrite or self._wrote_files
         write_results_csv(self.results, self.per_case_path, overwrite=overwrite)
         write_summary_csv(self.summary, self.summary_path, overwrite=overwrite)
