@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from common.data import atomic_output
-from common.engines import ensure_absent
+from common.errors import ensure_absent
 
 if TYPE_CHECKING:
     from ignite.engine import Engine

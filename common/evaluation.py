@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -34,7 +35,7 @@ from scipy import ndimage
 from scipy.spatial import KDTree
 
 from common.data import atomic_output
-from common.engines import ensure_absent
+from common.errors import ensure_absent
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -238,6 +239,7 @@ def evaluate_case(
     structures: Mapping[str, Sequence[int]],
     spacing: Sequence[float] | None = None,
     case: str = "",
+    distances: bool = True,
 ) -> list[StructureResult]:
     """Dice, HD and HD95 of every structure of one case.
 
@@ -247,6 +249,8 @@ def evaluate_case(
         structures: mapping structure name to the label values it unites.
         spacing: voxel spacing in mm per array axis; 1 when ``None``.
         case: case identifier stored in the results (and used in error messages).
+        distances: compute HD and HD95; when False they stay NaN for ``present`` structures (Dice only, one pass
+            over the voxels).
 
     Returns:
         One `StructureResult` per structure, in the order of ``structures``.
@@ -267,11 +271,12 @@ def evaluate_case(
     confusion = np.bincount(
         label.ravel().astype(np.int64) * num_values + pred.ravel(), minlength=num_values * num_values
     ).reshape(num_values, num_values)
-    label_objects = ndimage.find_objects(label)
-    pred_objects = ndimage.find_objects(pred)
-    # A frame of -1 (no structure's label) keeps every crop (union box plus a one-voxel margin) inside the arrays.
-    padded_label = np.pad(label, 1, constant_values=-1)
-    padded_pred = np.pad(pred, 1, constant_values=-1)
+    if distances:
+        label_objects = ndimage.find_objects(label)
+        pred_objects = ndimage.find_objects(pred)
+        # A frame of -1 (no structure's label) keeps every crop (union box plus a one-voxel margin) inside the arrays.
+        padded_label = np.pad(label, 1, constant_values=-1)
+        padded_pred = np.pad(pred, 1, constant_values=-1)
 
     results = []
     for name, values in structures.items():
@@ -283,14 +288,15 @@ def evaluate_case(
         if gt_voxels and pred_voxels:
             status = STATUS_PRESENT
             dice = 2.0 * intersection / (gt_voxels + pred_voxels)
-            if 0 in members:  # background has no find_objects box and usually spans the volume
-                box = tuple(slice(0, n) for n in label.shape)
-            else:
-                box = _union_box(_boxes_of(label_objects, members) + _boxes_of(pred_objects, members))
-            crop = tuple(slice(s.start, s.stop + 2) for s in box)  # box in padded coordinates, margin 1
-            hd, hd95 = hausdorff_from_masks(
-                _structure_mask(padded_pred[crop], members), _structure_mask(padded_label[crop], members), spacing
-            )
+            if distances:
+                if 0 in members:  # background has no find_objects box and usually spans the volume
+                    box = tuple(slice(0, n) for n in label.shape)
+                else:
+                    box = _union_box(_boxes_of(label_objects, members) + _boxes_of(pred_objects, members))
+                crop = tuple(slice(s.start, s.stop + 2) for s in box)  # box in padded coordinates, margin 1
+                hd, hd95 = hausdorff_from_masks(
+                    _structure_mask(padded_pred[crop], members), _structure_mask(padded_label[crop], members), spacing
+                )
         elif gt_voxels or pred_voxels:
             status = STATUS_MISSED if gt_voxels else STATUS_FALSE_POSITIVE
             dice, hd, hd95 = 0.0, math.inf, math.inf
@@ -423,24 +429,57 @@ def read_results_csv(path: str | os.PathLike) -> list[StructureResult]:
     return results
 
 
-def _to_label_map(array: torch.Tensor) -> np.ndarray:
-    """Channel-first tensor (1 or C channels) to an integer label map; C channels are argmax-ed."""
+def label_map(array: torch.Tensor) -> np.ndarray:
+    """Channel-first tensor (1 or C channels) to an integer label map; C channels are argmax-ed.
+
+    ``torch.max(dim=0)`` rather than ``argmax(dim=0)``: 3-4x faster over the channel axis of a contiguous tensor.
+    """
     values = array.detach().cpu()
-    values = values[0] if values.shape[0] == 1 else values.argmax(dim=0)
-    return values.numpy().round().astype(np.int32)
+    values = values[0] if values.shape[0] == 1 else torch.max(values, dim=0).indices
+    if values.is_floating_point():
+        values = values.round()
+    return values.numpy().astype(np.int32, copy=False)
 
 
-def _case_name(label: torch.Tensor, fallback: str) -> str:
-    """Case identifier from the MetaTensor's source file name, stripped of image extensions."""
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".npz", ".png")
+
+
+def _case_source(label: torch.Tensor, fallback: str) -> str:
+    """The label MetaTensor's source file (``filename_or_obj``), or ``fallback`` when it has none."""
     meta = getattr(label, "meta", {}) or {}
-    source = meta.get("filename_or_obj")
-    if not source:
-        return fallback
-    name = Path(str(source)).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".npz", ".png"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return str(meta.get("filename_or_obj") or fallback)
+
+
+def _strip_image_suffix(name: str) -> str:
+    suffix = next((s for s in IMAGE_SUFFIXES if name.lower().endswith(s)), "")
+    return name[: len(name) - len(suffix)]
+
+
+def case_ids(sources: Sequence[str]) -> dict[str, str]:
+    """Distinct case ids for source files: the path below the folder that holds them all, image suffix removed.
+
+    File names alone are not enough: ``siteA/patient001/label.nii.gz`` and ``siteB/patient001/label.nii.gz`` must stay
+    two cases (``siteA/patient001/label`` and ``siteB/patient001/label``); files of one folder keep their stem.
+    Names without an image suffix (not files) are kept as they are; files whose names differ only in the suffix
+    keep it.
+
+    Args:
+        sources: source file paths (and other names), any order, repeats allowed.
+
+    Returns:
+        Mapping of each distinct source to its id.
+    """
+    files = sorted({source for source in sources if source.lower().endswith(IMAGE_SUFFIXES)})
+    ids = {source: source for source in sources}
+    if files:
+        root = os.path.commonpath([os.path.dirname(os.path.abspath(source)) for source in files])
+        relative = {source: Path(os.path.relpath(os.path.abspath(source), root)).as_posix() for source in files}
+        stripped = {source: _strip_image_suffix(name) for source, name in relative.items()}
+        counts = Counter(stripped.values())  # x.nii and x.nii.gz of one folder keep their suffixes
+        ids.update(
+            {source: stripped[source] if counts[stripped[source]] == 1 else relative[source] for source in files}
+        )
+    return ids
 
 
 def _default_output_transform(output: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -506,10 +545,8 @@ class CaseMetricsWriter:
             affine = getattr(label, "affine", None)
             spatial_dims = label.ndim - 1
             spacing = spacing_from_affine(affine)[:spatial_dims] if affine is not None else None
-            case = _case_name(label, fallback=f"iteration{engine.state.iteration}_item{index}")
-            self.results.extend(
-                evaluate_case(_to_label_map(pred), _to_label_map(label), self.structures, spacing, case=case)
-            )
+            case = _case_source(label, fallback=f"iteration{engine.state.iteration}_item{index}")
+            self.results.extend(evaluate_case(label_map(pred), label_map(label), self.structures, spacing, case=case))
 
     def epoch_completed(self, engine: Engine) -> None:
         """Gather the rows of all processes, write the CSV files on rank 0 and log the summary."""
@@ -517,10 +554,16 @@ class CaseMetricsWriter:
 
         serialized = json.dumps([asdict(r) for r in self.results])
         gathered = idist.all_gather(serialized) if idist.get_world_size() > 1 else [serialized]
-        self.results = [StructureResult(**row) for part in gathered for row in json.loads(part)]
+        rows = [row for part in gathered for row in json.loads(part)]
+        ids = case_ids([row["case"] for row in rows])
+        self.results = [StructureResult(**{**row, "case": ids[row["case"]]}) for row in rows]
         self.summary = summarize(self.results)
         if idist.get_rank() != 0:
             return
+        pairs = Counter((result.case, result.structure) for result in self.results)
+        repeated = sorted({case for (case, _), count in pairs.items() if count > 1})
+        if repeated:  # the table keeps every row; compare_runs.py refuses it until the datalist is fixed
+            logger.warning("case(s) evaluated more than once (listed twice in the datalist?): %s", ", ".join(repeated))
         overwrite = self.overwrite or self._wrote_files
         write_results_csv(self.results, self.per_case_path, overwrite=overwrite)
         write_summary_csv(self.summary, self.summary_path, overwrite=overwrite)

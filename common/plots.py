@@ -16,7 +16,7 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 
 from common.data import atomic_output
-from common.engines import ensure_absent
+from common.errors import ensure_absent
 
 
 def save_figure(figure: Figure, path: str | os.PathLike, overwrite: bool = False, dpi: int = 120) -> Path:

@@ -6,7 +6,9 @@ spacing, and the number of negative components of the RW-loss gradient dL/dlogit
 equal probabilities; ``random``: standard normal logits), or read from ``--prediction`` (a 4D NIfTI with the
 classes along the last axis, logits or, with ``--probabilities``, softmax outputs). Prints the fraction of voxels
 with more than one negative component per map and writes ``<output-dir>/<case>_instability.png`` with one
-panel per map over a slice. Failed cases are reported at the end (exit status 1).
+panel per map over a slice (``<case>`` is the label's path below the labels' common folder, without
+the suffix, so equally named labels of two folders get two figures). Failed cases are reported at the end (exit
+status 1).
 
     python scripts/instability_diagnostic.py --label patient001_frame01_gt.nii.gz --image patient001_frame01.nii.gz \
         --num-classes 4 --output-dir figures
@@ -23,7 +25,8 @@ import torch
 
 from common.data import load_volume
 from common.diagnostics import multi_negative_fraction, negative_component_count
-from common.evaluation import spacing_from_affine
+from common.errors import install_error_hook
+from common.evaluation import case_ids, spacing_from_affine
 from common.maps import active_contour_map, boundary_map, rrw_map
 from common.plots import plot_diagnostic_overlay
 
@@ -32,11 +35,6 @@ MAPS = {
     "boundary": ("RW-Boundary", lambda label, n, spacing: boundary_map(label, n, spacing)),
     "active_contour": ("Active contour", lambda label, n, spacing: active_contour_map(label, n)),
 }
-
-
-def case_name(path: Path) -> str:
-    name = path.name
-    return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else path.stem
 
 
 def initial_logits(shape: tuple[int, ...], num_classes: int, kind: str, seed: int) -> torch.Tensor:
@@ -53,7 +51,9 @@ def read_prediction(path: Path, shape: tuple[int, ...], num_classes: int, probab
     return torch.log(values.clamp_min(1e-12)) if probabilities else values
 
 
-def diagnose(args: argparse.Namespace, label_path: Path, image_path: Path | None, prediction_path: Path | None):
+def diagnose(
+    args: argparse.Namespace, case: str, label_path: Path, image_path: Path | None, prediction_path: Path | None
+):
     label, affine = load_volume(label_path)
     label = np.asarray(label).round().astype(np.int64)
     spacing = None if args.voxel_units else spacing_from_affine(affine)
@@ -82,23 +82,25 @@ def diagnose(args: argparse.Namespace, label_path: Path, image_path: Path | None
             raise ValueError(f"{image_path}: shape {image.shape} differs from the label's {label.shape}")
     else:
         image = label
-    output = args.output_dir / f"{case_name(label_path)}_instability.png"
+    output = args.output_dir / f"{case}_instability.png"
     plot_diagnostic_overlay(
         np.take(np.asarray(image, dtype=np.float32), index, axis=axis),
         {title: np.take(count, index, axis=axis) for title, count in counts.items()},
         output,
-        title=f"{case_name(label_path)}, slice {index} (axis {axis}), logits: "
+        title=f"{case}, slice {index} (axis {axis}), logits: "
         + (prediction_path.name if prediction_path else args.logits),
         overwrite=args.overwrite,
     )
     return fractions, output
 
 
-def paired_inputs(paths: list[Path] | None, count: int, option: str) -> list[Path | None]:
+def paired_inputs(
+    parser: argparse.ArgumentParser, paths: list[Path] | None, count: int, option: str
+) -> list[Path | None]:
     if paths is None:
         return [None] * count
     if len(paths) != count:
-        raise SystemExit(f"{option} needs one file per --label ({count}), got {len(paths)}")
+        parser.error(f"{option} needs one file per --label ({count}), got {len(paths)}")
     return list(paths)
 
 
@@ -119,19 +121,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace existing PNG files")
     args = parser.parse_args(argv)
 
-    images = paired_inputs(args.image, len(args.label), "--image")
-    predictions = paired_inputs(args.prediction, len(args.label), "--prediction")
+    images = paired_inputs(parser, args.image, len(args.label), "--image")
+    predictions = paired_inputs(parser, args.prediction, len(args.label), "--prediction")
+    if len({path.resolve() for path in args.label}) != len(args.label):
+        parser.error("each --label file may be given once")
+    # figures are named by the label's path below the labels' common folder: x.nii.gz of two sites stay two figures
+    cases = case_ids([str(path) for path in args.label])
     titles = [MAPS[key][0] for key in args.maps]
     print(f"fraction of voxels with more than one negative gradient component ({args.num_classes} classes)")
     print(f"{'case':<32}" + "".join(f"{title:>16}" for title in titles))
     failures = []
     for label_path, image_path, prediction_path in zip(args.label, images, predictions, strict=True):
+        case = cases[str(label_path)]
         try:
-            fractions, output = diagnose(args, label_path, image_path, prediction_path)
+            fractions, output = diagnose(args, case, label_path, image_path, prediction_path)
         except (ValueError, OSError) as error:
             failures.append(str(error))
             continue
-        print(f"{case_name(label_path):<32}" + "".join(f"{fractions[title]:>16.4f}" for title in titles))
+        print(f"{case:<32}" + "".join(f"{fractions[title]:>16.4f}" for title in titles))
     if failures:
         print(f"{len(failures)} of {len(args.label)} cases failed:", file=sys.stderr)
         for error in failures:
@@ -142,4 +149,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    install_error_hook()  # anything unexpected still ends with its cause as the last line
     sys.exit(main())

@@ -82,3 +82,77 @@ def test_foreign_csv_is_reported_by_name(tmp_path, runs, capsys):
     bad.write_text("x,y\n1,2\n")
     assert compare_runs_main([f"--run=RRW={paths['RRW']}", f"--run=Bad={bad}", "--reference", "RRW"]) == 2
     assert "bad.csv" in capsys.readouterr().err
+
+
+def argv_of(runs: list[tuple[str, Path]], *extra: str) -> list[str]:
+    return [f"--run={name}={path}" for name, path in runs] + list(extra)
+
+
+def test_several_runs_per_loss_are_averaged_per_case_before_the_test(tmp_path):
+    rng = np.random.default_rng(3)
+    dice = {name: rng.uniform(0.6, 0.9, (3, 8)) for name in ("RRW", "Dice")}  # 3 runs x 8 cases per loss
+    dice["Dice"][:, 0] = np.nan  # case0 absent (undefined) in every Dice run
+    dice["RRW"][1, 5] = np.nan  # case5 undefined in one RRW run: undefined in the mean
+    runs = []
+    for name, values in dice.items():
+        for index, run_values in enumerate(values):
+            path = tmp_path / f"{name}{index}.csv"
+            write_results_csv(rows(list(run_values), [2.0] * 8), path)
+            runs.append((name, path))
+    table_csv = tmp_path / "cmp.csv"
+    argv = argv_of(runs, "--reference", "RRW", "--metrics", "dice", "--output-csv", str(table_csv), "--seed", "4")
+    assert compare_runs_main(argv) == 0
+    cells = {row["run"]: row for row in csv.DictReader(open(table_csv))}
+    means = {name: values.mean(axis=0) for name, values in dice.items()}  # NaN where any run is undefined
+    for name in ("RRW", "Dice"):
+        finite = means[name][np.isfinite(means[name])]
+        assert int(cells[name]["n_runs"]) == 3 and int(cells[name]["n"]) == 7
+        assert float(cells[name]["mean"]) == pytest.approx(finite.mean())
+        assert float(cells[name]["std"]) == pytest.approx(finite.std(ddof=1))
+    expected = paired_permutation_test(means["Dice"], means["RRW"], n_permutations=10_000, seed=4)
+    assert expected.n_pairs == 6 and int(cells["Dice"]["n_paired"]) == 6
+    assert float(cells["Dice"]["p_value"]) == pytest.approx(expected.p_value)
+
+
+def test_duplicate_ids_and_unpaired_cases_are_refused_or_listed_never_dropped(tmp_path, capsys):
+    values = [0.8, 0.7, 0.9, 0.6]
+    reference, shorter, duplicated = tmp_path / "ref.csv", tmp_path / "short.csv", tmp_path / "dup.csv"
+    write_results_csv(rows(values, [3.0] * 4), reference)
+    write_results_csv(rows(values[:3], [3.0] * 3), shorter)  # case3 missing
+    write_results_csv(rows(values, [3.0] * 4) + rows([0.5], [1.0]), duplicated)  # case0 twice
+
+    assert compare_runs_main(argv_of([("A", reference), ("B", duplicated)], "--reference", "A")) == 2
+    assert f"error: {duplicated}: 1 case(s) appear more than once, e.g. case0 (class_1)" in capsys.readouterr().err
+
+    assert compare_runs_main(argv_of([("A", reference), ("B", shorter)], "--reference", "A")) == 2
+    error = capsys.readouterr().err
+    assert "class_1: 1 case(s) only in A, not in B: case3" in error and "--allow-unpaired" in error
+
+    output = tmp_path / "table.md"
+    argv = argv_of(
+        [("A", reference), ("B", shorter)], "--reference", "A", "--allow-unpaired", "--output-md", str(output)
+    )
+    assert compare_runs_main(argv) == 0
+    assert "warning: left out of the tests: class_1: 1 case(s) only in A, not in B: case3" in capsys.readouterr().err
+    assert "- class_1: 1 case(s) only in A, not in B: case3" in output.read_text()
+
+    # the runs of one loss must hold the same cases, whatever --allow-unpaired says
+    argv = argv_of([("A", reference), ("A", shorter)], "--reference", "A", "--allow-unpaired")
+    assert compare_runs_main(argv) == 2
+    assert f"{shorter}: the runs of A must be evaluated on the same cases" in capsys.readouterr().err
+
+
+def test_inputs_are_never_outputs_and_never_given_twice(tmp_path, runs, capsys):
+    paths, _, _ = runs
+    before = paths["Same"].read_bytes()
+    argv = [f"--run={name}={path}" for name, path in paths.items()]
+    argv += ["--reference", "RRW", "--output-csv", str(paths["Same"]), "--overwrite"]
+    assert compare_runs_main(argv) == 2
+    assert f"{paths['Same']}: is one of the --run inputs" in capsys.readouterr().err
+    assert paths["Same"].read_bytes() == before
+    with pytest.raises(SystemExit):
+        compare_runs_main([f"--run=A={paths['RRW']}", f"--run=B={paths['RRW']}", "--reference", "A"])
+    assert "given once" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare_runs_main([f"--run=A={paths['RRW']}", "--reference", "A", "--permutations", "0"])
+    assert "--permutations must be >= 1" in capsys.readouterr().err

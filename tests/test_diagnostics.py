@@ -132,6 +132,21 @@ def test_instability_script_prints_fractions_and_reports_bad_files(tmp_path, cap
     assert "missing.nii.gz" in err
     assert (tmp_path / "figures" / "case_gt_instability.png").is_file()
 
+    # equally named labels of two folders get two figures, even with --overwrite; a label given twice is refused
+    for site in ("siteA", "siteB"):
+        (tmp_path / site).mkdir()
+        nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), tmp_path / site / "case_gt.NII.GZ")
+    argv = ["--label", str(tmp_path / "siteA" / "case_gt.NII.GZ"), str(tmp_path / "siteB" / "case_gt.NII.GZ")]
+    argv += ["--num-classes", "4", "--output-dir", str(tmp_path / "sites"), "--overwrite"]
+    assert main(argv) == 0
+    assert sorted(path.relative_to(tmp_path / "sites").as_posix() for path in (tmp_path / "sites").rglob("*.png")) == [
+        "siteA/case_gt_instability.png",
+        "siteB/case_gt_instability.png",
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--label", str(label_path), str(label_path), "--num-classes", "4", "--output-dir", str(tmp_path)])
+    assert exit_info.value.code == 2 and "each --label file may be given once" in capsys.readouterr().err
+
 
 def test_voxels_without_supervision_are_left_out():
     # two supervised voxels (one with two negative components) and two padded voxels with an all-zero map

@@ -24,6 +24,7 @@ from common.evaluation import (
     CaseMetricsWriter,
     StructureResult,
     brats_regions,
+    case_ids,
     class_structures,
     evaluate_case,
     hausdorff_from_masks,
@@ -246,6 +247,21 @@ def test_handler_writes_per_case_csv_with_spacing_from_the_affine(tmp_path, deco
         CaseMetricsWriter(tmp_path, class_structures(num_classes), prefix="val").check_outputs(evaluator)
 
 
+def test_handler_names_cases_evaluated_twice(tmp_path, caplog):
+    label = random_label_map((12, 12, 6), 3, seed=1)
+    item = {
+        "image": one_hot(torch.as_tensor(label[None]).long(), 3, dim=0).float(),
+        "label": MetaTensor(torch.as_tensor(label[None]), meta={"filename_or_obj": "/d/site/case0.nii.gz"}),
+    }
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"), val_data_loader=DataLoader([item, item], batch_size=1), network=torch.nn.Identity()
+    )
+    CaseMetricsWriter(tmp_path, class_structures(3), prefix="val").attach(evaluator)
+    evaluator.run()
+    assert "case(s) evaluated more than once (listed twice in the datalist?): case0" in caplog.text
+    assert len(read_results_csv(tmp_path / "val_per_case.csv")) == 4  # every row kept, nothing merged silently
+
+
 def test_evaluate_folder_reports_bad_cases_and_evaluates_the_rest(tmp_path, capsys):
     script = Path(__file__).resolve().parents[1] / "scripts" / "evaluate_folder.py"
     evaluate_folder_main = runpy.run_path(str(script))["main"]
@@ -277,6 +293,27 @@ def test_evaluate_folder_reports_bad_cases_and_evaluates_the_rest(tmp_path, caps
     assert [p.name for p in (tmp_path / "overlays").iterdir()] == ["good_overlay.png"]
     assert evaluate_folder_main(argv) == 2  # outputs exist and --overwrite was not given
     assert "exists" in capsys.readouterr().err
+    output.unlink()
+    (tmp_path / "eval" / "run_summary.csv").unlink()
+    assert evaluate_folder_main(argv) == 2  # an overlay exists: refused before any case is evaluated
+    assert f"{tmp_path / 'overlays' / 'good_overlay.png'}: already exists" in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_case_ids_keep_cases_of_two_sites_apart():
+    sources = ["/d/siteA/p1/label.nii.gz", "/d/siteB/p1/label.nii.gz", "/d/siteA/p2/label.NII", "iteration3_item0"]
+    assert case_ids(sources + sources[:1]) == {
+        "/d/siteA/p1/label.nii.gz": "siteA/p1/label",
+        "/d/siteB/p1/label.nii.gz": "siteB/p1/label",
+        "/d/siteA/p2/label.NII": "siteA/p2/label",
+        "iteration3_item0": "iteration3_item0",
+    }
+    assert case_ids(["/d/x/a.nii.gz", "/d/x/b.nii.gz"]) == {"/d/x/a.nii.gz": "a", "/d/x/b.nii.gz": "b"}
+    assert case_ids(["/d/a.nii.gz", "/d/a.nii", "/d/b.nii"]) == {
+        "/d/a.nii.gz": "a.nii.gz",
+        "/d/a.nii": "a.nii",
+        "/d/b.nii": "b",
+    }
 
 
 def test_class_structures_names():

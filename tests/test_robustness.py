@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import shutil
+import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -167,3 +169,26 @@ def test_batch_inference_reports_each_faulty_file_and_finishes_the_others(tmp_pa
     summary = report.summary()
     assert "segmented 2 file(s), kept 0 existing output(s), 5 failure(s)" in summary
     assert all(f"FAILED {inputs / name}" in summary for name in reasons)
+
+
+def test_run_outputs_are_ignored_by_git_and_bundle_files_are_not():
+    if shutil.which("git") is None or not (REPO_ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    outputs = [
+        "bundles/acdc17_rrw/eval/validation_metrics.csv",
+        "bundles/acdc17_rrw/predictions/case.nii.gz",
+        "bundles/acdc17_rrw/models/model.pt",
+        "bundles/acdc17_rrw/models/checkpoint.pt",
+        "bundles/acdc17_rrw/models/settings.json",
+        "dist/acdc17_rrw.zip",
+        "acdc17_rrw.zip",
+        "bundles/acdc17_rrw/models/.model.pt.x1y2.tmp.pt",
+    ]
+    kept = ["bundles/acdc17_rrw/models/.gitkeep", "bundles/acdc17_rrw/configs/train.yaml", "common/errors.py"]
+
+    def ignored(path: str) -> bool:
+        result = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=REPO_ROOT, check=False)
+        return result.returncode == 0
+
+    assert [path for path in outputs if not ignored(path)] == []
+    assert [path for path in kept if ignored(path)] == []

@@ -1,0 +1,226 @@
+"""User errors and how a failed run reports them: the cause and its fix as the last printed line.
+
+MONAI wraps every error raised inside a config expression or a transform in a ``RuntimeError`` ("Failed to evaluate
+ConfigExpression ...", "applying transform ..."), so a bundle run that stops on a user mistake prints a long chained
+traceback whose last line is the wrapper, not the cause. :func:`install_error_hook` (installed by importing
+:mod:`common.error_hook`, the first import of every bundle config) replaces ``sys.excepthook`` with
+:func:`report_uncaught`, which finds the cause in the chain and prints it last.
+
+Exit statuses of ``python -m monai.bundle run ...`` and of the scripts:
+
+- ``0``: success.
+- ``1``: a failure that is not a user error (a bug, a corrupt file, running out of memory): Python's traceback,
+  then ``error: <type>: <message>`` of the cause; for batch tools (folder inference, evaluation), some items
+  failed and the others were processed (each failure is listed with its reason).
+- ``2``: a user error (:class:`UserError`, or an existing output, a missing file or folder, or a permission
+  problem): one line ``error: <message>`` naming the file or option and the fix, and no traceback.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import sys
+from pathlib import Path
+from types import TracebackType
+
+EXIT_FAILURE = 1
+EXIT_USER_ERROR = 2
+
+# errors that are the user's to fix (an option, a path, a file) and whose message is complete without a traceback
+USER_ERROR_TYPES: tuple[type[BaseException], ...] = (
+    FileExistsError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+
+
+class UserError(Exception):
+    """A mistake in the user's input or options; the message names the file or option and how to fix it."""
+
+
+class OptionError(UserError, TypeError):
+    """An option value of the wrong type or outside its allowed values (still a ``TypeError`` for callers)."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output of an earlier run would be replaced (still a ``FileExistsError`` for callers)."""
+
+
+def ensure_absent(*paths: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse to start a run that would replace earlier results.
+
+    Args:
+        paths: files the run is going to write (checkpoints, metric tables).
+        overwrite: allow replacing them.
+
+    Raises:
+        OutputExistsError: one of ``paths`` exists and ``overwrite`` is False, or is a folder (never replaced);
+            the message names the file and the fix. It is a ``FileExistsError``.
+        OptionError: ``overwrite`` is not a bool (``--overwrite true`` on the command line gives the string
+            "true"). It is a ``TypeError``.
+    """
+    if not isinstance(overwrite, bool):
+        raise OptionError(f"overwrite must be True or False, got {overwrite!r}; pass --overwrite True (capitalised)")
+    for path in paths:
+        if Path(path).is_dir():
+            raise OutputExistsError(f"{path}: is a folder, and this output is a file; give a file name")
+    if overwrite:
+        return
+    for path in paths:
+        if Path(path).exists():
+            raise OutputExistsError(
+                f"{path}: already exists from an earlier run; pass --overwrite to replace it or choose another "
+                "output location"
+            )
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Whether ``error`` is the user's to fix (see the module docstring), so its message alone is reported."""
+    return isinstance(error, (UserError, *USER_ERROR_TYPES))
+
+
+def _is_wrapper(error: BaseException) -> bool:
+    """A plain ``RuntimeError`` raised ``from`` another error only wraps it (MONAI's config and transform errors)."""
+    return type(error) is RuntimeError and error.__cause__ is not None
+
+
+# torch's DataLoader re-raises a worker's error as a new exception whose message holds the worker's traceback text
+_WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):\n"
+_CHAINED = "\nThe above exception was the direct cause of the following exception:\n"
+
+
+class _WorkerError(Exception):
+    """An error of a DataLoader worker whose type this process cannot rebuild; keeps the type's name."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+
+
+def _rebuild(type_name: str, message: str) -> BaseException:
+    """An exception of the named type (looked up in modules already imported) with ``message``."""
+    module_name, _, attribute = type_name.rpartition(".")
+    error_type = getattr(sys.modules.get(module_name or "builtins"), attribute, None)
+    if isinstance(error_type, type) and issubclass(error_type, Exception):
+        try:
+            return error_type(message)
+        except TypeError:  # a constructor that needs other arguments: keep the name and the message
+            pass
+    return _WorkerError(type_name, message)
+
+
+def _worker_chain(error: BaseException) -> list[BaseException]:
+    """The chain a DataLoader worker's error had in the worker, outermost first, or [] for other errors."""
+    text = str(error)
+    if _WORKER_TRACEBACK not in text:
+        return []
+    rebuilt: list[BaseException] = []
+    for section in text.split(_WORKER_TRACEBACK, 1)[1].split(_CHAINED):  # innermost first
+        lines = section.strip("\n").splitlines()
+        last_frame = max((index for index, line in enumerate(lines) if line.startswith(" ")), default=-1)
+        type_name, _, message = "\n".join(lines[last_frame + 1 :]).partition(": ")
+        rebuilt.append(_rebuild(type_name.strip(), message.strip()))
+        if len(rebuilt) > 1:
+            rebuilt[-1].__cause__ = rebuilt[-2]
+    return rebuilt[::-1]
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The error that explains ``error``: follow explicit causes (``raise ... from``) past wrapping RuntimeErrors.
+
+    A user error anywhere in the chain wins, the outermost one (its message is the most specific: callers add the
+    file name when they re-raise). Otherwise the first error of the chain that does not merely wrap its cause.
+    Implicit contexts (an error raised while handling another) are not followed: the later error is the one that
+    describes the problem. An error re-raised by torch's DataLoader from a worker process continues the chain
+    with the errors rebuilt from the worker's traceback text.
+
+    Args:
+        error: the exception that ended the run.
+
+    Returns:
+        The exception to report.
+    """
+    chain = [error]
+    while chain[-1].__cause__ is not None and chain[-1].__cause__ not in chain:
+        chain.append(chain[-1].__cause__)
+    for index, link in enumerate(chain):
+        worker_chain = _worker_chain(link)
+        if worker_chain:
+            chain = chain[:index] + worker_chain
+            break
+    user_errors = [link for link in chain if is_user_error(link)]
+    if user_errors:
+        return user_errors[0]
+    return next((link for link in chain if not _is_wrapper(link)), chain[-1])
+
+
+_CONFIG_WRAPPER = "Failed to evaluate ConfigExpression: \n"  # monai.bundle.config_item.ConfigExpression.evaluate
+
+
+def config_expression(error: BaseException) -> str | None:
+    """The bundle config expression whose evaluation raised ``error`` (innermost), written with ``@`` references.
+
+    MONAI wraps such errors in ``RuntimeError("Failed to evaluate ConfigExpression: <pformat of the expression>")``
+    with references rewritten as ``__local_refs['a::b']``; this reverses both so the user sees ``@a#b``.
+    """
+    expression = None
+    link: BaseException | None = error
+    seen: list[BaseException] = []
+    while link is not None and link not in seen:
+        seen.append(link)
+        message = str(link)
+        if _is_wrapper(link) and message.startswith(_CONFIG_WRAPPER):
+            try:
+                expression = str(ast.literal_eval(message[len(_CONFIG_WRAPPER) :]))
+            except (ValueError, SyntaxError):
+                expression = message[len(_CONFIG_WRAPPER) :]
+        link = link.__cause__
+    if expression is None:
+        return None
+    return re.sub(r"__local_refs\['([^']+)'\]", lambda match: "@" + match.group(1).replace("::", "#"), expression)
+
+
+def error_line(error: BaseException) -> str:
+    """The last line a failed run prints: ``error: <message>``.
+
+    A user error's message stands alone; other errors add their type and, when a bundle config expression raised
+    them, the expression (``--bundle_root 2024`` makes ``$@bundle_root + '/models'`` fail with a ``TypeError``).
+    """
+    cause = root_cause(error)
+    type_name = cause.type_name if isinstance(cause, _WorkerError) else type(cause).__name__
+    message = str(cause).strip() or type_name
+    if is_user_error(cause):
+        return f"error: {message}"
+    expression = config_expression(error)
+    where = f" (in the config expression {expression})" if expression else ""
+    return f"error: {type_name}: {message}{where}"
+
+
+def exit_status(error: BaseException) -> int:
+    """The documented exit status for a run that ended with ``error``."""
+    return EXIT_USER_ERROR if is_user_error(root_cause(error)) else EXIT_FAILURE
+
+
+def report_uncaught(error_type: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+    """``sys.excepthook``: a user error's message alone, otherwise Python's traceback; then the cause's line.
+
+    Raising ``SystemExit`` from ``sys.excepthook`` is how CPython lets a hook choose the exit status; ``atexit``
+    handlers and logging shutdown still run.
+    """
+    if not isinstance(error, Exception):  # KeyboardInterrupt and the like keep Python's own report
+        sys.__excepthook__(error_type, error, trace)
+        return
+    sys.stdout.flush()
+    if not is_user_error(root_cause(error)):
+        sys.__excepthook__(error_type, error, trace)
+    print(error_line(error), file=sys.stderr, flush=True)
+    raise SystemExit(exit_status(error))
+
+
+def install_error_hook() -> None:
+    """Make uncaught errors end with their cause (see :func:`report_uncaught`); calling it again changes nothing."""
+    sys.excepthook = report_uncaught
