@@ -63,6 +63,7 @@ CASES = {
     ),
     "brats17_sadice": BundleCase("brats", TINY_SA_UNET, {}, frozenset({0, 1, 2, 4}), True),
     "aorta_sadice": BundleCase("msd_aorta", TINY_SA_UNET, {}, frozenset({0, 1})),
+    "msd_rrw": BundleCase("msd_aorta", TINY_2D, {"samples_per_volume": 2}, frozenset({0, 1})),
 }
 
 
@@ -90,6 +91,11 @@ METHODS = {
     },
     "brain_explog": "exp_log",
     "brain_explog_vnet": "exp_log",
+    **{
+        f"msd_{suffix}": method
+        for suffix, method in (("rrw", "rw"), ("boundary", "boundary"), ("dice", "dice"), ("focal", "focal"))
+    },
+    "msd_rrw_ce": "rrw_ce",
 }
 ALL_BUNDLES = sorted(path.parent.name for path in BUNDLES_DIR.glob("*/bundle.yaml"))
 
