@@ -250,3 +250,25 @@ def test_2d_files_pass_validation_only_where_the_network_is_2d():
     assert torch.equal(lifted["image"].affine, image.affine)
     unchanged = AddSliceAxisd(["image"])({"image": volume((4, 4, 4), (1.0, 1.0, 1.0))})
     assert tuple(unchanged["image"].shape) == (1, 4, 4, 4)
+
+
+def test_msd_rrw_pipeline_trains_on_selected_labels_of_a_reoriented_task(tmp_path):
+    from monai.bundle import ConfigParser
+
+    task = write_fake_msd(tmp_path / "Task", n_cases=2, shape=(16, 12, 8), label_names=LABELS)
+    for folder in ("imagesTr", "labelsTr"):  # one case stored LPS, the other RAS: both must reach training as RAS
+        path = task / folder / "faketask_002.nii.gz"
+        image = nib.load(path)
+        flipped = np.asanyarray(image.dataobj)[::-1, ::-1].copy()
+        save_nifti(flipped, image.affine @ np.diag([-1.0, -1.0, 1.0, 1.0]), path)
+    assert prepare_msd(task, "--labels", "aorta", "--validation-fraction", 0) == 0
+    parser = ConfigParser()
+    parser.read_config(REPO / "bundles" / "msd_rrw" / "configs" / "train.yaml")
+    parser.update({"dataset_dir": str(task), "patch_size": [16, 16], "samples_per_volume": 1, "cache_rate": 0.0})
+    dataset = parser.get_parsed_content("train#dataset")
+    assert parser.get_parsed_content("num_classes") == 2 and parser.get_parsed_content("class_names") == ["aorta"]
+    assert parser.get_parsed_content("slice_axis") == 2
+    for index in range(2):
+        [sample] = dataset[index]
+        assert tuple(sample["image"].shape) == (1, 16, 16) and set(torch.unique(sample["label"]).tolist()) <= {0, 1}
+        assert nib.aff2axcodes(np.asarray(sample["image"].affine)) == ("R", "A")  # the axial slice's in-plane axes
