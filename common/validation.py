@@ -143,6 +143,7 @@ def validate_datalist(
     spatial_dims: int = 3,
     allow_empty_foreground: bool = False,
     keys: Sequence[str] = ("image", "label"),
+    allow_2d: bool = False,
 ) -> list[Mapping[str, Any]]:
     """Check every case of a datalist (absolute paths) and report all bad ones together.
 
@@ -153,6 +154,7 @@ def validate_datalist(
         spatial_dims: spatial dimensions of the volumes.
         allow_empty_foreground: accept labels without foreground.
         keys: image and label keys.
+        allow_2d: also accept 2D files (the network is 2D).
 
     Returns:
         The cases, unchanged, when all pass.
@@ -165,7 +167,9 @@ def validate_datalist(
         [
             LoadImaged(list(keys), image_only=True),
             EnsureChannelFirstd(list(keys)),
-            ValidateSegmentationd(keys, num_classes, in_channels, spatial_dims, allow_empty_foreground),
+            ValidateSegmentationd(
+                keys, num_classes, in_channels, spatial_dims, allow_empty_foreground, allow_2d=allow_2d
+            ),
         ]
     )
     failures = []

@@ -20,7 +20,7 @@ from common.fake_releases import write_fake_msd
 from common.geometry import AddSliceAxisd, SliceSpacingd, volume_geometry
 from common.splits import holdout_folds, parity_split, position_parity_split, random_split
 from common.synthetic import save_nifti
-from common.validation import ValidateSegmentationd
+from common.validation import ValidateSegmentationd, validate_datalist
 
 REPO = Path(__file__).resolve().parents[1]
 PREPARE_MSD = runpy.run_path(str(REPO / "scripts" / "prepare_msd.py"))["main"]
@@ -212,6 +212,10 @@ def test_a_single_case_folder_prepares_train_only_and_2d_files_pass(tmp_path, ca
     assert (datalist["numTraining"], datalist["numValidation"]) == (1, 0)
     case = datalist["training"][0]
     assert case["shape"] == [16, 12] and case["spacing"] == [0.8, 0.8, 6.5] and datalist["slice_axis"] == 2
+    cases = load_datalist(root / "datalist.json")
+    assert validate_datalist(cases, num_classes=2, allow_2d=True) == cases
+    with pytest.raises(ValueError, match="slice.nii.gz: expected a 3D image, got 2 spatial dimension"):
+        validate_datalist(cases, num_classes=2)
 
 
 def test_volume_geometry_counts_axes_in_ras():
