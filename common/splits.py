@@ -12,8 +12,8 @@ Protocols (``--split`` of ``scripts/prepare_*.py``, see :func:`add_split_argumen
 - ``random``: a seeded shuffle of the subjects (within each stratum such as the ACDC group or BraTS grade), a
   ``--validation-fraction`` of them for validation; ``0`` puts every case in training (train-only, e.g. a
   single-case folder).
-- ``explog``: the exponential logarithmic loss paper: 70/30 train/test, shuffle ``--shuffle K`` of 5
-  (``K = 0 .. 4``; seeded by ``--seed`` and ``K``): one datalist per shuffle.
+- ``explog``: the exponential logarithmic loss paper: 70/30 train/test (the 30 % as ``validation``, the scored
+  section), shuffle ``--shuffle K`` of 5 (``K = 0 .. 4``; seeded by ``--seed`` and ``K``): one datalist per shuffle.
 - ``sadice``: the SA Dice paper: a seeded 90/10 split into cross-validation and ``test`` subjects, then fold
   ``--fold F`` of ``--folds`` (default 5) of the 90 % as ``validation``, the rest as ``training``.
 """
@@ -186,9 +186,9 @@ def add_split_arguments(parser: argparse.ArgumentParser, default: str = "authors
     group = parser.add_argument_group(
         "split",
         "authors: the RW paper's even/odd split (default where the release has one); random: seeded, "
-        "--validation-fraction of the subjects (0: train-only); explog: 70/30 train/test, shuffle --shuffle K of "
-        f"{EXPLOG_SHUFFLES} (the exp-log paper); sadice: 90/10 cross-validation/test, fold --fold F of --folds as "
-        "validation (the SA Dice paper). Subjects never straddle sections.",
+        "--validation-fraction of the subjects (0: train-only); explog: 70/30 training/validation (the scored 30 %), "
+        f"shuffle --shuffle K of {EXPLOG_SHUFFLES} (the exp-log paper); sadice: 90/10 cross-validation/test, "
+        "fold --fold F of --folds as validation (the SA Dice paper). Subjects never straddle sections.",
     )
     group.add_argument("--split", choices=SPLITS, default=default, help=f"protocol (default {default})")
     group.add_argument("--seed", type=int, default=0, help="seed of random, explog and sadice (default 0)")
