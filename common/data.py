@@ -374,7 +374,8 @@ def read_datalist_field(path: str | os.PathLike, field_name: str, default: Any =
     """Return a top-level field of a datalist JSON (``num_classes``, ``label_mapping``, ``slice_axis``, ...).
 
     A field the file lacks is derived from its ``labels`` when :data:`DERIVED_FIELDS` knows how (so a plain MSD
-    ``dataset.json`` works), else ``default`` is returned when given.
+    ``dataset.json`` works), else ``default`` is returned when given; ``default`` is also returned when the file
+    does not exist (configs can then be parsed without data; :func:`load_datalist` reports the missing file).
 
     Raises:
         FileNotFoundError: the datalist does not exist.
@@ -382,6 +383,8 @@ def read_datalist_field(path: str | os.PathLike, field_name: str, default: Any =
             preparation script that writes it).
     """
     path = Path(path)
+    if default is not _MISSING and not path.exists():
+        return default  # building a pipeline needs no data; reading the cases reports the missing datalist
     content = _read_datalist(path)
     if field_name in content:
         return content[field_name]

@@ -75,6 +75,9 @@ def test_a_plain_decathlon_dataset_json_is_a_datalist(task):
     assert read_datalist_field(description, "slice_axis", 2) == 2
     with pytest.raises(KeyError, match="no 'spacing' entry"):
         read_datalist_field(description, "spacing")
+    assert read_datalist_field(description.parent / "absent.json", "slice_axis", 2) == 2
+    with pytest.raises(FileNotFoundError, match="absent.json: datalist not found"):
+        read_datalist_field(description.parent / "absent.json", "num_classes")
 
 
 def test_non_consecutive_plain_labels_map_to_consecutive_indices(tmp_path):
