@@ -123,7 +123,9 @@ class SliceSpacingd(Spacingd):
         self.rtol = rtol
 
     def check_slice_axis(self, image: Any, source: str) -> None:
-        """Raise when ``image`` is coarser along another axis than along the slice axis."""
+        """Raise when ``image`` is coarser along another axis than along the slice axis (one-slice volumes pass)."""
+        if image.shape[1 + self.slice_axis] == 1:
+            return  # a single slice (a 2D file) has nothing to resample across
         spacing = np.asarray(torch.as_tensor(image.pixdim).detach().cpu(), dtype=float)[:3]
         coarsest = int(np.argmax(spacing))
         if spacing[coarsest] > spacing[self.slice_axis] * (1.0 + self.rtol):

@@ -259,7 +259,7 @@ def test_2d_files_pass_validation_only_where_the_network_is_2d():
     assert tuple(unchanged["image"].shape) == (1, 4, 4, 4)
 
 
-def test_msd_rrw_pipeline_trains_on_selected_labels_of_a_reoriented_task(tmp_path):
+def test_msd_rrw_pipeline_trains_on_selected_labels_of_reoriented_volumes_and_2d_files(tmp_path):
     from monai.bundle import ConfigParser
 
     task = write_fake_msd(tmp_path / "Task", n_cases=2, shape=(16, 12, 8), label_names=LABELS)
@@ -268,6 +268,14 @@ def test_msd_rrw_pipeline_trains_on_selected_labels_of_a_reoriented_task(tmp_pat
         image = nib.load(path)
         flipped = np.asanyarray(image.dataobj)[::-1, ::-1].copy()
         save_nifti(flipped, image.affine @ np.diag([-1.0, -1.0, 1.0, 1.0]), path)
+    slice_label = np.zeros((20, 14), np.uint8)
+    slice_label[5:12, 4:9] = 2
+    slice_affine = np.diag([3.0, 3.0, 1.0, 1.0])  # a 2D file whose header gives the slice 1 mm, finer than in-plane
+    save_nifti(slice_label.astype(np.float32), slice_affine, task / "imagesTr/slice.nii.gz")
+    save_nifti(slice_label, slice_affine, task / "labelsTr/slice.nii.gz")
+    description = json.loads((task / "dataset.json").read_text())
+    description["training"].append({"image": "imagesTr/slice.nii.gz", "label": "labelsTr/slice.nii.gz"})
+    (task / "dataset.json").write_text(json.dumps(description))
     assert prepare_msd(task, "--labels", "aorta", "--validation-fraction", 0) == 0
     parser = ConfigParser()
     parser.read_config(REPO / "bundles" / "msd_rrw" / "configs" / "train.yaml")
@@ -275,7 +283,7 @@ def test_msd_rrw_pipeline_trains_on_selected_labels_of_a_reoriented_task(tmp_pat
     dataset = parser.get_parsed_content("train#dataset")
     assert parser.get_parsed_content("num_classes") == 2 and parser.get_parsed_content("class_names") == ["aorta"]
     assert parser.get_parsed_content("slice_axis") == 2
-    for index in range(2):
+    for index in range(3):  # two volumes and the 2D file as a one-slice volume
         [sample] = dataset[index]
         assert tuple(sample["image"].shape) == (1, 16, 16) and set(torch.unique(sample["label"]).tolist()) <= {0, 1}
         assert nib.aff2axcodes(np.asarray(sample["image"].affine)) == ("R", "A")  # the axial slice's in-plane axes
