@@ -6,6 +6,7 @@ import json
 import os
 import runpy
 import stat
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -287,3 +288,23 @@ def test_msd_rrw_pipeline_trains_on_selected_labels_of_reoriented_volumes_and_2d
         [sample] = dataset[index]
         assert tuple(sample["image"].shape) == (1, 16, 16) and set(torch.unique(sample["label"]).tolist()) <= {0, 1}
         assert nib.aff2axcodes(np.asarray(sample["image"].affine)) == ("R", "A")  # the axial slice's in-plane axes
+
+
+@pytest.mark.parametrize("bundle", ["acdc17_rrw", "msd_rrw"])
+def test_bundles_train_from_a_plain_decathlon_dataset_json(acdc_release, bundle):
+    from monai.bundle import ConfigParser
+
+    labels = sorted(acdc_release.rglob("*_gt.nii.gz"))[:2]
+    entries = [{"image": str(p).replace("_gt", ""), "label": str(p)} for p in labels]  # absolute paths, no extras
+    plain = {"labels": {"0": "background", "1": "RV", "2": "myocardium", "3": "LV"}, "training": entries}
+    plain["test"] = ["imagesTs/unlabelled.nii.gz"]  # the MSD test list holds bare paths
+    parser = ConfigParser()
+    parser.read_config(REPO / "bundles" / bundle / "configs" / "train.yaml")
+    with tempfile.TemporaryDirectory() as folder:
+        datalist = Path(folder) / "dataset.json"
+        datalist.write_text(json.dumps(plain))
+        parser.update({"dataset_dir": folder, "datalist": str(datalist), "cache_rate": 0.0, "patch_size": [32, 32]})
+        with pytest.warns(UserWarning, match="no validation cases"):
+            assert len(parser.get_parsed_content("validate#dataset")) == 2
+        [sample] = parser.get_parsed_content("train#dataset")[0][:1]
+    assert tuple(sample["image"].shape) == (1, 32, 32) and parser.get_parsed_content("num_classes") == 4
