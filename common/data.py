@@ -1,4 +1,4 @@
-"""Datalist helpers: find the cases of a public release, check them, split subjects, write the datalist JSON.
+"""Datalist helpers: find the cases of a public release, check them, write and read the datalist JSON.
 
 Datalists follow MONAI's decathlon format (``{"training": [...], "validation": [...]}`` with paths relative to
 the data set folder); bundles load them with :func:`load_datalist`, which resolves only the ``image`` and ``label``
@@ -12,8 +12,9 @@ import json
 import os
 import re
 import tempfile
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+import warnings
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +23,11 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from common.geometry import volume_geometry
 from common.maps import check_label
 
-ACDC_SUBJECT_PATTERN = re.compile(r"patient\d{3}")
+ACDC_SUBJECT_PATTERN = re.compile(r"patient(\d{3})")
+_UMASK_LOCK = threading.Lock()
 
 
 @dataclass
@@ -36,12 +39,22 @@ class PreparationReport:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
+def _creation_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file: ``0o666`` less the process umask."""
+    with _UMASK_LOCK:  # reading the umask means setting it; keep other threads from seeing the 0 in between
+        umask = os.umask(0)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file next to ``path`` that replaces ``path`` only if the block finishes.
 
     Readers never see a half-written file and an interrupted write leaves any earlier file intact. The
-    temporary name keeps the extension (``.nii.gz`` included) so that writers choosing a format by it work.
+    temporary name keeps the extension (``.nii.gz`` in any letter case included) so that writers choosing a format
+    by it work. The finished file gets the permissions of a plain write (``0o666`` less the umask; ``mkstemp``
+    alone would leave ``0o600``).
 
     Args:
         path: destination file; parent folders are created.
@@ -51,11 +64,12 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    suffix = path.name[-len(".nii.gz") :] if path.name.lower().endswith(".nii.gz") else path.suffix
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp_name)
+        os.chmod(tmp_name, _creation_mode())
         os.replace(tmp_name, path)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
@@ -83,12 +97,12 @@ def write_json_atomic(data: Any, path: str | os.PathLike, overwrite: bool = Fals
     return path
 
 
-def load_volume(path: str | os.PathLike, spatial_dims: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def load_volume(path: str | os.PathLike, spatial_dims: int | Collection[int] = 3) -> tuple[np.ndarray, np.ndarray]:
     """Read a NIfTI volume and check that it has the expected number of spatial dimensions.
 
     Args:
         path: ``.nii`` or ``.nii.gz`` file.
-        spatial_dims: required number of dimensions.
+        spatial_dims: required number of dimensions, or the accepted numbers (``(2, 3)``: 2D or 3D files).
 
     Returns:
         The voxel array and the 4x4 affine.
@@ -97,19 +111,21 @@ def load_volume(path: str | os.PathLike, spatial_dims: int = 3) -> tuple[np.ndar
         ValueError: the file cannot be read (message names the file and the reason) or has another
             number of dimensions.
     """
+    accepted = {spatial_dims} if isinstance(spatial_dims, int) else set(spatial_dims)
     try:
         image = nib.load(os.fspath(path))
         array = np.asanyarray(image.dataobj)
     except Exception as error:  # nibabel raises several unrelated types for corrupt files
         raise ValueError(f"{path}: cannot read as NIfTI ({type(error).__name__}: {error})") from error
-    if array.ndim != spatial_dims:
-        raise ValueError(f"{path}: expected a {spatial_dims}D volume, got shape {array.shape}")
+    if array.ndim not in accepted:
+        expected = " or ".join(f"{count}D" for count in sorted(accepted))
+        raise ValueError(f"{path}: expected a {expected} volume, got shape {array.shape}")
     return array, image.affine
 
 
 def check_image_label_pair(
     image_path: str | os.PathLike, label_path: str | os.PathLike, num_classes: int
-) -> tuple[int, ...]:
+) -> tuple[tuple[int, ...], np.ndarray]:
     """Check that an image and its label are readable 3D volumes on the same grid with valid class indices.
 
     Args:
@@ -118,7 +134,7 @@ def check_image_label_pair(
         num_classes: classes including background; labels must lie in ``[0, num_classes)``.
 
     Returns:
-        The volume shape.
+        The volume shape and the affine.
 
     Raises:
         ValueError: with the offending file and the problem.
@@ -133,7 +149,7 @@ def check_image_label_pair(
         check_label(label, num_classes)
     except ValueError as error:
         raise ValueError(f"{label_path}: {error}") from error
-    return tuple(int(s) for s in image.shape)
+    return tuple(int(s) for s in image.shape), image_affine
 
 
 def read_acdc_info(path: str | os.PathLike) -> dict[str, str]:
@@ -147,7 +163,10 @@ def read_acdc_info(path: str | os.PathLike) -> dict[str, str]:
 
 
 def find_acdc_subjects(root: str | os.PathLike) -> list[Path]:
-    """Return the ``patientNNN`` folders (holding an ``Info.cfg``) anywhere under ``root``, sorted by name.
+    """Return the ``patientNNN`` folders (holding an ``Info.cfg``) anywhere under ``root``, sorted by name then path.
+
+    Folders of the same name from different places (two sites' ``patient001``) are all returned: they are
+    different subjects, told apart by their path relative to ``root``.
 
     Raises:
         FileNotFoundError: ``root`` is not a folder.
@@ -156,7 +175,7 @@ def find_acdc_subjects(root: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder")
     subjects = [info.parent for info in root.rglob("Info.cfg") if ACDC_SUBJECT_PATTERN.fullmatch(info.parent.name)]
-    return sorted(subjects, key=lambda folder: folder.name)
+    return sorted(subjects, key=lambda folder: (folder.name, folder.as_posix()))
 
 
 def acdc_subject_cases(subject_dir: Path, root: Path, num_classes: int = 4) -> list[dict[str, Any]]:
@@ -168,7 +187,9 @@ def acdc_subject_cases(subject_dir: Path, root: Path, num_classes: int = 4) -> l
         num_classes: classes including background.
 
     Returns:
-        One entry per labelled frame with ``image``, ``label``, ``subject``, ``phase``, ``group`` and ``shape``.
+        One entry per labelled frame with ``image``, ``label``, ``subject`` (the folder's path relative to ``root``,
+        so that two sites' ``patient001`` stay two subjects), ``patient_id`` (NNN), ``phase``, ``group``,
+        ``shape``, ``spacing`` and ``slice_axis`` (see :func:`common.geometry.volume_geometry`).
 
     Raises:
         ValueError: a malformed ``Info.cfg`` or frame (the message names the file).
@@ -186,15 +207,19 @@ def acdc_subject_cases(subject_dir: Path, root: Path, num_classes: int = 4) -> l
         for path in (image_path, label_path):
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: missing ({phase} frame listed in {info_path})")
-        shape = check_image_label_pair(image_path, label_path, num_classes)
+        shape, affine = check_image_label_pair(image_path, label_path, num_classes)
+        geometry = volume_geometry(affine, len(shape))
         cases.append(
             {
                 "image": image_path.relative_to(root).as_posix(),
                 "label": label_path.relative_to(root).as_posix(),
-                "subject": subject_dir.name,
+                "subject": subject_dir.relative_to(root).as_posix(),
+                "patient_id": int(ACDC_SUBJECT_PATTERN.fullmatch(subject_dir.name).group(1)),
                 "phase": phase,
                 "group": info.get("Group", "unknown"),
                 "shape": list(shape),
+                "spacing": geometry.spacing,
+                "slice_axis": geometry.slice_axis,
             }
         )
     return cases
@@ -209,79 +234,39 @@ def collect_acdc_cases(root: str | os.PathLike, num_classes: int = 4) -> Prepara
     report = PreparationReport()
     for subject_dir in find_acdc_subjects(root):
         if not any(subject_dir.glob("*_gt.nii*")):
-            report.skipped[subject_dir.name] = "no ground truth (_gt) files"
+            report.skipped[subject_dir.relative_to(root).as_posix()] = "no ground truth (_gt) files"
             continue
         try:
             report.cases.extend(acdc_subject_cases(subject_dir, root, num_classes))
         except (ValueError, FileNotFoundError) as error:
-            report.failures[subject_dir.name] = str(error)
+            report.failures[subject_dir.relative_to(root).as_posix()] = str(error)
     return report
 
 
-def split_subjects(
-    cases: Iterable[dict[str, Any]],
-    validation_fraction: float = 0.5,
-    seed: int = 0,
-    subject_key: str = "subject",
-    stratify_key: str | None = "group",
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Split cases into training and validation by subject, so that no subject lands in both.
-
-    Subjects are shuffled with ``seed`` within each stratum (e.g. ACDC pathology group), the strata are laid
-    end to end, and every subject at which the running count ``floor(i * validation_fraction)`` steps up goes to
-    validation: the overall share is exact up to rounding and every stratum is split in the same proportion.
-
-    Args:
-        cases: datalist entries.
-        validation_fraction: share of subjects used for validation, in (0, 1).
-        seed: seed of the shuffle.
-        subject_key: entry key identifying the subject.
-        stratify_key: entry key to stratify on, or None.
-
-    Returns:
-        The training and the validation entries, each in the input order.
-
-    Raises:
-        ValueError: ``validation_fraction`` outside (0, 1), or too few subjects to fill both sides.
-    """
-    if not 0.0 < validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction}")
-    cases = list(cases)
-    strata: dict[str, set[str]] = defaultdict(set)
-    for case in cases:
-        strata[str(case.get(stratify_key, "")) if stratify_key else ""].add(case[subject_key])
-    rng = np.random.default_rng(seed)
-    ordered: list[str] = []
-    for stratum in sorted(strata):
-        subjects = sorted(strata[stratum])
-        rng.shuffle(subjects)
-        ordered.extend(subjects)
-    validation_subjects = {
-        subject
-        for index, subject in enumerate(ordered)
-        if np.floor((index + 1) * validation_fraction) > np.floor(index * validation_fraction)
-    }
-    if not validation_subjects or len(validation_subjects) == len(ordered):
-        raise ValueError(
-            f"{len(ordered)} subject(s) with validation_fraction={validation_fraction} leave training or "
-            "validation empty"
-        )
-    training = [case for case in cases if case[subject_key] not in validation_subjects]
-    validation = [case for case in cases if case[subject_key] in validation_subjects]
-    return training, validation
-
-
 def make_datalist(
-    training: Sequence[dict[str, Any]], validation: Sequence[dict[str, Any]], **metadata: Any
+    training: Sequence[dict[str, Any]],
+    validation: Sequence[dict[str, Any]],
+    test: Sequence[dict[str, Any]] | None = None,
+    **metadata: Any,
 ) -> dict[str, Any]:
-    """Assemble a decathlon-style datalist with free-form metadata (labels, split seed, source) on top."""
-    return {
-        **metadata,
-        "numTraining": len(training),
-        "numValidation": len(validation),
-        "training": list(training),
-        "validation": list(validation),
-    }
+    """Assemble a decathlon-style datalist with free-form metadata (labels, split record, source) on top."""
+    sections = {"training": list(training), "validation": list(validation)}
+    if test is not None:
+        sections["test"] = list(test)
+    counts = {f"num{name.capitalize()}": len(cases) for name, cases in sections.items()}
+    return {**metadata, **counts, **sections}
+
+
+def _read_datalist(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: datalist not found; write it with the scripts/prepare_*.py of the data set")
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: expected a JSON object with a 'training' list")
+    return content
 
 
 def load_datalist(
@@ -291,6 +276,12 @@ def load_datalist(
     path_keys: Sequence[str] = ("image", "label"),
 ) -> list[dict[str, Any]]:
     """Read one section of a decathlon-style datalist, resolving only the file fields against ``base_dir``.
+
+    Plain MSD ``dataset.json`` files work as they are: entries need only ``image`` and ``label``; the project's
+    extra fields (``subject``, ``shape``, ``spacing``, ...) are optional. A datalist without cases in
+    ``validation`` (a plain ``dataset.json``, or one prepared with ``--validation-fraction 0``) gives the
+    ``training`` cases for that section, with a warning: training then validates on its own cases, which checks
+    the fit, not generalisation.
 
     Args:
         path: the datalist JSON file.
@@ -308,13 +299,15 @@ def load_datalist(
             file and the entry).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: datalist not found; write it with the scripts/prepare_*.py of the data set")
-    try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(content, dict) or not isinstance(content.get(key), list):
+    content = _read_datalist(path)
+    if key == "validation" and not content.get(key) and isinstance(content.get("training"), list):
+        warnings.warn(
+            f"{path}: no validation cases; validating on the {len(content['training'])} training case(s) "
+            "(a fit check, not a held-out score)",
+            stacklevel=2,
+        )
+        key = "training"
+    if not isinstance(content.get(key), list):
         raise ValueError(f"{path}: no '{key}' list of entries")
     root = Path(base_dir) if base_dir is not None else path.parent
 
@@ -340,17 +333,63 @@ def load_datalist(
     return entries
 
 
-def read_datalist_field(path: str | os.PathLike, field_name: str) -> Any:
-    """Return a top-level field of a datalist JSON (``num_classes``, ``label_mapping``, ...).
+def _label_values(content: dict[str, Any], path: Path) -> list[int]:
+    """The label values of a datalist's ``labels`` object (``{"0": "background", ...}``), in increasing order."""
+    labels = content.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise KeyError(
+            f'{path}: no \'labels\' object ({{"0": "background", ...}}) to derive the classes from; prepare the '
+            "datalist with scripts/prepare_*.py or add it"
+        )
+    try:
+        return sorted(int(value) for value in labels)
+    except ValueError as error:
+        raise ValueError(f"{path}: 'labels' keys must be integers written as strings ({error})") from error
+
+
+def _identity_mapping(content: dict[str, Any], path: Path) -> dict[str, list[int]]:
+    values = _label_values(content, path)
+    return {"orig_labels": values, "target_labels": list(range(len(values)))}
+
+
+def _inverse_identity_mapping(content: dict[str, Any], path: Path) -> dict[str, list[int]]:
+    mapping = _identity_mapping(content, path)
+    return {"orig_labels": mapping["target_labels"], "target_labels": mapping["orig_labels"]}
+
+
+DERIVED_FIELDS: dict[str, Any] = {
+    "num_classes": lambda content, path: len(_label_values(content, path)),
+    "label_mapping": _identity_mapping,
+    "inverse_label_mapping": _inverse_identity_mapping,
+    "class_names": lambda content, path: [str(content["labels"][str(v)]) for v in _label_values(content, path)][1:],
+}
+"""Fields that a plain ``dataset.json`` lacks and that follow from its ``labels``: the label values in increasing
+order become the training indices ``0 .. n - 1`` (``label_mapping``) and back (``inverse_label_mapping``), and
+``class_names`` lists the foreground names in that order (``scripts/prepare_*.py`` write it directly)."""
+
+_MISSING = object()
+
+
+def read_datalist_field(path: str | os.PathLike, field_name: str, default: Any = _MISSING) -> Any:
+    """Return a top-level field of a datalist JSON (``num_classes``, ``label_mapping``, ``slice_axis``, ...).
+
+    A field the file lacks is derived from its ``labels`` when :data:`DERIVED_FIELDS` knows how (so a plain MSD
+    ``dataset.json`` works), else ``default`` is returned when given; ``default`` is also returned when the file
+    does not exist (configs can then be parsed without data; :func:`load_datalist` reports the missing file).
 
     Raises:
         FileNotFoundError: the datalist does not exist.
-        KeyError: the field is absent (the message names the file and the preparation script that writes it).
+        KeyError: the field is absent, cannot be derived and has no default (the message names the file and the
+            preparation script that writes it).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: datalist not found; write it with the scripts/prepare_*.py of the data set")
-    content = json.loads(path.read_text())
-    if field_name not in content:
-        raise KeyError(f"{path}: no '{field_name}' entry; prepare the datalist with scripts/prepare_*.py")
-    return content[field_name]
+    if default is not _MISSING and not path.exists():
+        return default  # building a pipeline needs no data; reading the cases reports the missing datalist
+    content = _read_datalist(path)
+    if field_name in content:
+        return content[field_name]
+    if field_name in DERIVED_FIELDS and "labels" in content:
+        return DERIVED_FIELDS[field_name](content, path)
+    if default is not _MISSING:
+        return default
+    raise KeyError(f"{path}: no '{field_name}' entry; prepare the datalist with scripts/prepare_*.py")

@@ -2,11 +2,11 @@
 
 :class:`ValidateSegmentationd` goes right after ``LoadImaged`` + ``EnsureChannelFirstd`` in a bundle's
 ``base_transforms``; it rejects a case with a ``ValueError`` that names the file when the image has another number
-of spatial dimensions (a 2D file for a 3D bundle) or channels than the bundle expects, holds NaN or infinite
-intensities, or when the label is not on the image's grid (shape, affine), holds values outside the configured
-classes or has no foreground voxel. :func:`validate_datalist` runs the same checks over a whole datalist and
-reports every bad case at once, so that a training can refuse to start with the full list of problems instead of
-stopping at the first one while caching.
+of spatial dimensions (a 2D file for a 3D bundle; 2D files pass with ``allow_2d`` where the network is 2D) or
+channels than the bundle expects, holds NaN or infinite intensities, or when the label is not on the image's grid
+(shape, affine), holds values outside the configured classes or has no foreground voxel.
+:func:`validate_datalist` runs the same checks over a whole datalist and reports every bad case at once, so that a
+training can refuse to start with the full list of problems instead of stopping at the first one while caching.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ class ValidateSegmentationd(MapTransform):
         num_classes: classes including background; label values must lie in ``[0, num_classes)``.
         in_channels: channels the network takes.
         spatial_dims: spatial dimensions of the volumes (3 also for 2D networks trained on slices of volumes).
+        allow_2d: also accept 2D files (one slice) where the network is 2D; ``common.geometry.AddSliceAxisd`` then
+            makes them one-slice volumes.
         allow_empty_foreground: accept labels without any foreground voxel.
         affine_atol: tolerance of the image/label affine comparison, in mm.
         allow_missing_keys: skip a missing label key (inference dictionaries have no label).
@@ -64,6 +66,7 @@ class ValidateSegmentationd(MapTransform):
         allow_empty_foreground: bool = False,
         affine_atol: float = 1e-3,
         allow_missing_keys: bool = False,
+        allow_2d: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) not in (1, 2):
@@ -75,14 +78,21 @@ class ValidateSegmentationd(MapTransform):
         self.spatial_dims = spatial_dims
         self.allow_empty_foreground = allow_empty_foreground
         self.affine_atol = affine_atol
+        self.allow_2d = allow_2d
 
     def check_image(self, image: Any, source: str) -> None:
         """Check the number of dimensions and channels and that every intensity is finite."""
         shape = tuple(image.shape)
-        if len(shape) - 1 != self.spatial_dims:
+        dims = len(shape) - 1
+        if dims != self.spatial_dims and not (self.allow_2d and dims == 2):
+            hint = (
+                "; this bundle's network is 3D: segment 2D files with a 2D-network bundle (e.g. msd_rrw)"
+                if dims == 2
+                else ""
+            )
             raise ValueError(
-                f"{source}: expected a {self.spatial_dims}D image, got {len(shape) - 1} spatial dimension(s) "
-                f"(channel-first shape {shape})"
+                f"{source}: expected a {self.spatial_dims}D image, got {dims} spatial dimension(s) "
+                f"(channel-first shape {shape}){hint}"
             )
         if shape[0] != self.in_channels:
             raise ValueError(f"{source}: has {shape[0]} channel(s), the bundle expects {self.in_channels}")
@@ -133,6 +143,7 @@ def validate_datalist(
     spatial_dims: int = 3,
     allow_empty_foreground: bool = False,
     keys: Sequence[str] = ("image", "label"),
+    allow_2d: bool = False,
 ) -> list[Mapping[str, Any]]:
     """Check every case of a datalist (absolute paths) and report all bad ones together.
 
@@ -143,6 +154,7 @@ def validate_datalist(
         spatial_dims: spatial dimensions of the volumes.
         allow_empty_foreground: accept labels without foreground.
         keys: image and label keys.
+        allow_2d: also accept 2D files (the network is 2D).
 
     Returns:
         The cases, unchanged, when all pass.
@@ -155,7 +167,9 @@ def validate_datalist(
         [
             LoadImaged(list(keys), image_only=True),
             EnsureChannelFirstd(list(keys)),
-            ValidateSegmentationd(keys, num_classes, in_channels, spatial_dims, allow_empty_foreground),
+            ValidateSegmentationd(
+                keys, num_classes, in_channels, spatial_dims, allow_empty_foreground, allow_2d=allow_2d
+            ),
         ]
     )
     failures = []

@@ -1,33 +1,63 @@
-"""Turn an ACDC17 release folder into a datalist JSON with a seeded 50/50 subject-level split.
+"""Turn an ACDC17 release folder into a datalist JSON, by default with the RW paper authors' even/odd split.
 
 Usage:
-    python scripts/prepare_acdc.py ACDC_DIR [--output ACDC_DIR/datalist.json] [--seed 0] [--overwrite]
+    python scripts/prepare_acdc.py ACDC_DIR [--output ACDC_DIR/datalist.json] [--split authors|random|explog|sadice]
+        [--seed 0] [--validation-fraction 0.5] [--overwrite]
 
 ACDC_DIR is the release folder (or any parent of the ``patientNNN`` folders): every ``patientNNN/Info.cfg``
-below it is read, its ED and ES frames and ``_gt`` labels are checked (readable 3D NIfTI, same grid, labels in
-0..3), and the subjects are split by pathology group into training and validation. Paths in the datalist are
-relative to ACDC_DIR. Bad subjects are listed at the end and make the exit status 1; the good ones are still
-written. Subjects without labels (the 2017 test set) are skipped.
+below it is read and its ED and ES frames and ``_gt`` labels are checked (readable 3D NIfTI, same grid, labels in
+0..3). Each folder is its own subject, named by its path relative to ACDC_DIR, so that two sites' ``patient001``
+never merge. Split (``--split``):
+
+- ``authors`` (default): as Valverde & Tohka's ``datasplits/acdc17.py``: patients 2, 4, .., 100 train, patients
+  1, 3, .., 99 validate (the scored half); patients above 100 are left out with a note.
+- ``random``: seeded, ``--validation-fraction`` of the subjects stratified by pathology group (0: train-only).
+- ``explog`` / ``sadice``: the other papers' protocols (see ``common.splits``).
+
+Paths in the datalist are relative to ACDC_DIR. Bad subjects are listed at the end and make the exit status 1; the
+good ones are still written. Subjects without labels (the 2017 test set) are skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from common.data import collect_acdc_cases, make_datalist, split_subjects, write_json_atomic
+from common.data import collect_acdc_cases, make_datalist, write_json_atomic
+from common.splits import Split, add_split_arguments, make_split, parity_split
 from common.synthetic import ACDC_LABELS
+
+ACDC_AUTHORS_PATIENTS = range(1, 101)  # the 2017 training set; the authors split it even/odd
+
+
+def acdc_authors_split(cases: Sequence[dict[str, Any]]) -> Split:
+    """Patients 2, 4, .., 100 train and 1, 3, .., 99 validate; other patient ids are left out."""
+    used = [case for case in cases if case["patient_id"] in ACDC_AUTHORS_PATIENTS]
+    training, validation = parity_split(used, lambda case: case["patient_id"])
+    left_out = {case["subject"]: "not among patients 1-100 (the authors' split)" for case in cases if case not in used}
+    return Split({"training": training, "validation": validation}, {"protocol": "authors"}, left_out)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("acdc_dir", type=Path, help="ACDC release folder holding patientNNN/ subfolders")
     parser.add_argument("--output", type=Path, help="datalist JSON to write (default: ACDC_DIR/datalist.json)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the subject split (default 0)")
-    parser.add_argument("--validation-fraction", type=float, default=0.5, help="share of subjects for validation")
+    add_split_arguments(parser, default="authors")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing datalist")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.validation_fraction < 1.0:
+        parser.error(f"--validation-fraction must lie in [0, 1), got {args.validation_fraction}")
+    return args
+
+
+def print_items(items: dict[str, str], header: str) -> None:
+    print(header, file=sys.stderr)
+    for item, reason in items.items():
+        print(f"  {item}: {reason}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,35 +73,33 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for subject, reason in report.skipped.items():
         print(f"skipped {subject}: {reason}")
-    subjects = {case["subject"] for case in report.cases}
-    if len(subjects) < 2:
-        print(
-            f"error: {args.acdc_dir}: found {len(subjects)} usable labelled subject(s); need at least 2",
-            file=sys.stderr,
-        )
-        for subject, reason in report.failures.items():
-            print(f"  {subject}: {reason}", file=sys.stderr)
+    try:
+        split = make_split(report.cases, args, acdc_authors_split)
+    except ValueError as error:
+        print(f"error: {args.acdc_dir}: {error}", file=sys.stderr)
+        if report.failures:
+            print_items(report.failures, f"{len(report.failures)} subject(s) failed:")
         return 2
-    training, validation = split_subjects(report.cases, args.validation_fraction, args.seed)
+    for subject, reason in split.left_out.items():
+        print(f"left out {subject}: {reason}")
+    cases = [case for section in split.sections.values() for case in section]
     datalist = make_datalist(
-        training,
-        validation,
+        split.sections["training"],
+        split.sections["validation"],
+        split.sections.get("test"),
         name="ACDC17",
+        num_classes=len(ACDC_LABELS),
         labels={str(value): name for value, name in ACDC_LABELS.items()},
-        split={
-            "seed": args.seed,
-            "validation_fraction": args.validation_fraction,
-            "by": "subject, stratified by group",
-        },
+        class_names=list(ACDC_LABELS.values())[1:],
+        slice_axis=Counter(case["slice_axis"] for case in cases).most_common(1)[0][0],
+        split=split.record,
     )
     write_json_atomic(datalist, output, overwrite=args.overwrite)
-    print(
-        f"wrote {output}: {len(training)} training / {len(validation)} validation frames from {len(subjects)} subjects"
-    )
+    counts = " / ".join(f"{len(section)} {name}" for name, section in split.sections.items())
+    subjects = {case["subject"] for case in cases}
+    print(f"wrote {output}: {counts} frames from {len(subjects)} subjects ({split.record['protocol']} split)")
     if report.failures:
-        print(f"{len(report.failures)} subject(s) failed and were left out:", file=sys.stderr)
-        for subject, reason in report.failures.items():
-            print(f"  {subject}: {reason}", file=sys.stderr)
+        print_items(report.failures, f"{len(report.failures)} subject(s) failed and were left out:")
         return 1
     return 0
 

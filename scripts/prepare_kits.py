@@ -1,12 +1,14 @@
-"""Turn a KiTS19 release into a datalist JSON with a seeded 50/50 case-level split.
+"""Turn a KiTS19 release into a datalist JSON, by default with the RW paper authors' even/odd split.
 
 Usage:
-    python scripts/prepare_kits.py KITS_DIR [--output KITS_DIR/datalist.json] [--seed 0]
-        [--validation-fraction 0.5] [--overwrite]
+    python scripts/prepare_kits.py KITS_DIR [--output KITS_DIR/datalist.json] [--split authors|random|explog|sadice]
+        [--seed 0] [--validation-fraction 0.5] [--labels ...] [--merge ...] [--overwrite]
 
 KITS_DIR is the kits19 ``data`` folder holding ``case_XXXXX/imaging.nii.gz`` and ``segmentation.nii.gz``
 (0 background, 1 kidney, 2 tumour); each case is one subject. Cases without a segmentation (the test set) are
-skipped with a note. Bad cases are listed at the end and make the exit status 1; the good ones are still written.
+skipped with a note. Split: by default as Valverde & Tohka's ``datasplits/kits19.py`` (cases 0, 2, .., 208 train,
+1, 3, .., 209 validate), or ``--split random`` (seeded), ``explog`` or ``sadice`` (see ``common.splits``).
+Bad cases are listed at the end and make the exit status 1; the good ones are still written.
 """
 
 from __future__ import annotations

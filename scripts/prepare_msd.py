@@ -1,12 +1,27 @@
-"""Turn a Medical Segmentation Decathlon task folder into a datalist JSON with a seeded 50/50 case-level split.
+"""Turn a Medical Segmentation Decathlon-style task folder into a datalist JSON.
 
 Usage:
-    python scripts/prepare_msd.py TASK_DIR [--output TASK_DIR/datalist.json] [--seed 0]
-        [--validation-fraction 0.5] [--overwrite]
+    python scripts/prepare_msd.py TASK_DIR [--output TASK_DIR/datalist.json] [--split random|explog|sadice]
+        [--seed 0] [--validation-fraction 0.5] [--labels LABEL,...] [--merge NAME=LABEL,...] [--overwrite]
 
 TASK_DIR holds ``dataset.json``, ``imagesTr/`` and ``labelsTr/`` (e.g. Task02_Heart). The cases are the
-``training`` entries of dataset.json, the classes its ``labels`` and the image channels its ``modality`` entries
-(images are 4D, channel last, when there are several). Images in imagesTr that dataset.json does not list are
+``training`` entries of dataset.json, the classes its ``labels`` (names kept: ``class_names`` in the datalist) and
+the image channels its ``modality`` entries (images are 4D, channel last, when there are several). 2D files are
+accepted as one-slice cases (for the 2D-network bundles such as msd_rrw).
+
+Classes: by default every label of dataset.json. ``--labels aorta`` keeps only the aorta (every other label
+becomes background); ``--merge "white matter=1,19"`` merges labels (values or names) into one class; both repeat
+and combine. The datalist's ``label_mapping`` takes release values to training indices and
+``inverse_label_mapping`` back (a merged class to the first value of its group), so predictions carry the data
+set's label values.
+
+Split (``--split``, subjects never straddle sections): ``random`` (default; seeded, ``--validation-fraction`` of
+the cases for validation, ``0`` for a train-only datalist, e.g. a single-case folder: training then validates on
+its own cases), ``explog`` (70/30, ``--shuffle K`` of 5), ``sadice`` (90/10 test, ``--fold F`` of ``--folds``).
+
+The datalist also records each case's spacing and slice axis (RAS axes, coarsest spacing) and the data set's
+``slice_axis``, which the 2D RW bundles slice along. Entries whose paths leave TASK_DIR (``..`` or absolute paths
+elsewhere) are refused, an image listed twice is kept once, images in imagesTr that dataset.json does not list are
 skipped with a note. Bad cases are listed at the end and make the exit status 1; the good ones are still written.
 """
 

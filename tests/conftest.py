@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from common.data import collect_acdc_cases, make_datalist, split_subjects, write_json_atomic
+from common.data import collect_acdc_cases, make_datalist, write_json_atomic
+from common.splits import random_split
 from common.synthetic import write_acdc_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,10 +32,10 @@ def acdc_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def prepared_acdc_release(acdc_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of ``acdc_release`` with its seeded 50/50 ``datalist.json`` (read-only for the tests)."""
+    """A copy of ``acdc_release`` with a seeded 50/50 ``datalist.json`` (read-only for the tests)."""
     release = tmp_path_factory.mktemp("acdc_prepared")
     shutil.copytree(acdc_release, release, dirs_exist_ok=True)
-    training, validation = split_subjects(collect_acdc_cases(release).cases, 0.5, seed=0)
+    training, validation = random_split(collect_acdc_cases(release).cases, 0.5, seed=0)
     write_json_atomic(make_datalist(training, validation), release / "datalist.json")
     return release
 

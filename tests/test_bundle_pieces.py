@@ -103,7 +103,7 @@ def test_load_datalist_resolves_only_the_file_fields(tmp_path):
     assert item["image"] == [str(tmp_path / "case_00000" / "t1.nii.gz"), str(tmp_path / "case_00000" / "t2.nii.gz")]
     assert item["label"] == str(tmp_path / "case_00000" / "seg.nii.gz")
     assert (item["subject"], item["group"]) == ("case_00000", "HGG")
-    with pytest.raises(ValueError, match=r"datalist.json: no 'validation' list"):
-        load_datalist(datalist, "validation")
+    with pytest.raises(ValueError, match=r"datalist.json: no 'test' list"):
+        load_datalist(datalist, "test")
     with pytest.raises(FileNotFoundError, match="missing.json: datalist not found"):
         load_datalist(tmp_path / "missing.json")

@@ -63,21 +63,29 @@ CASES = {
     ),
     "brats17_sadice": BundleCase("brats", TINY_SA_UNET, {}, frozenset({0, 1, 2, 4}), True),
     "aorta_sadice": BundleCase("msd_aorta", TINY_SA_UNET, {}, frozenset({0, 1})),
+    "msd_rrw": BundleCase("msd_aorta", TINY_2D, {"samples_per_volume": 2}, frozenset({0, 1})),
 }
 
 
 # every RW-paper bundle -> the method its train config selects (the loss of its dataset/loss pairing); the
 # brain_explog*, brats17_* and aorta_* bundles name their loss explicitly: tests/test_bundles_3d.py
 METHODS = {
-    f"{data}_{suffix}": method
-    for data in ("acdc17", "brats18", "kits19")
-    for suffix, method in (
-        ("rrw", "rw"),
-        ("boundary", "boundary"),
-        ("dice", "dice"),
-        ("focal", "focal"),
-        ("rrw_ce", "rrw_ce"),
-    )
+    **{
+        f"{data}_{suffix}": method
+        for data in ("acdc17", "brats18", "kits19")
+        for suffix, method in (
+            ("rrw", "rw"),
+            ("boundary", "boundary"),
+            ("dice", "dice"),
+            ("focal", "focal"),
+            ("rrw_ce", "rrw_ce"),
+        )
+    },
+    **{
+        f"msd_{suffix}": method
+        for suffix, method in (("rrw", "rw"), ("boundary", "boundary"), ("dice", "dice"), ("focal", "focal"))
+    },
+    "msd_rrw_ce": "rrw_ce",
 }
 ALL_BUNDLES = sorted(path.parent.name for path in BUNDLES_DIR.glob("*/bundle.yaml"))
 

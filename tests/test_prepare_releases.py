@@ -105,29 +105,29 @@ def test_fake_writers_reject_volumes_too_small_for_a_lesion(tmp_path):
 def test_prepare_writes_a_seeded_subject_level_half_split(name, releases, tmp_path):
     root = releases[name]
     output = tmp_path / "datalist.json"
-    assert run_prepare(name, root, "--output", output, "--seed", 3) == 0
+    assert run_prepare(name, root, "--output", output, "--seed", 3, "--split", "random") == 0
     datalist = json.loads(output.read_text())
     training, validation = subjects_of(datalist["training"]), subjects_of(datalist["validation"])
     assert len(training) == len(validation) == 2 and not training & validation
     assert datalist["numTraining"] == datalist["numValidation"] == 2
-    assert datalist["split"] == {"seed": 3, "validation_fraction": 0.5, "by": datalist["split"]["by"]}
+    assert datalist["split"] == {"protocol": "random", "seed": 3, "validation_fraction": 0.5}
     for case in datalist["training"] + datalist["validation"]:
         images = case["image"] if isinstance(case["image"], list) else [case["image"]]
         assert all((root / path).is_file() for path in [*images, case["label"]])
-    assert run_prepare(name, root, "--output", tmp_path / "again.json", "--seed", 3) == 0
+    assert run_prepare(name, root, "--output", tmp_path / "again.json", "--seed", 3, "--split", "random") == 0
     assert json.loads((tmp_path / "again.json").read_text()) == datalist
 
     splits = set()
     for seed in range(6):
         seeded = tmp_path / f"seed{seed}.json"
-        assert run_prepare(name, root, "--output", seeded, "--seed", seed) == 0
+        assert run_prepare(name, root, "--output", seeded, "--seed", seed, "--split", "random") == 0
         splits.add(frozenset(subjects_of(json.loads(seeded.read_text())["validation"])))
     assert len(splits) > 1
 
 
 def test_brats_split_is_stratified_by_grade_and_keeps_modality_order(releases, tmp_path):
     output = tmp_path / "datalist.json"
-    assert run_prepare("brats", releases["brats"], "--output", output) == 0
+    assert run_prepare("brats", releases["brats"], "--output", output, "--split", "random") == 0
     datalist = json.loads(output.read_text())
     for side in ("training", "validation"):
         assert sorted(case["group"] for case in datalist[side]) == ["HGG", "LGG"]
@@ -172,7 +172,7 @@ def test_kits_and_msd_metadata_follow_the_release(releases, tmp_path, capsys):
     kits = json.loads(kits_output.read_text())
     assert kits["num_classes"] == 3 and kits["labels"] == {"0": "background", "1": "kidney", "2": "tumour"}
     assert kits["label_mapping"] == {"orig_labels": [0, 1, 2], "target_labels": [0, 1, 2]}
-    assert kits["training"][0]["image"].endswith("imaging.nii.gz") and kits["split"]["by"] == "subject"
+    assert kits["training"][0]["image"].endswith("imaging.nii.gz") and kits["split"]["protocol"] == "authors"
 
     assert run_prepare("msd", releases["msd"], "--output", msd_output) == 0
     msd = json.loads(msd_output.read_text())
@@ -184,7 +184,10 @@ def test_kits_and_msd_metadata_follow_the_release(releases, tmp_path, capsys):
 
 def test_validation_fraction_is_configurable(releases, tmp_path):
     output = tmp_path / "datalist.json"
-    assert run_prepare("kits", releases["kits"], "--output", output, "--validation-fraction", "0.25") == 0
+    assert (
+        run_prepare("kits", releases["kits"], "--output", output, "--validation-fraction", "0.25", "--split", "random")
+        == 0
+    )
     datalist = json.loads(output.read_text())
     assert (datalist["numTraining"], datalist["numValidation"]) == (3, 1)
     assert datalist["split"]["validation_fraction"] == 0.25
@@ -261,7 +264,7 @@ def test_bad_cases_are_reported_by_file_and_the_others_written(name, tmp_path, c
     root = write_release(name, tmp_path / name, n_subjects)
     expected = BREAKERS[name](root)
 
-    assert run_prepare(name, root) == 1
+    assert run_prepare(name, root, "--split", "random") == 1
     captured = capsys.readouterr()
     for item, message in expected.items():
         assert f"  {item}: {message}" in captured.err
@@ -281,7 +284,7 @@ def test_an_existing_datalist_is_kept_without_overwrite(name, releases, tmp_path
     assert run_prepare(name, releases[name], "--output", output) == 2
     assert f"{output} already exists; pass --overwrite" in capsys.readouterr().err
     assert output.read_text() == "{}"
-    assert run_prepare(name, releases[name], "--output", output, "--overwrite") == 0
+    assert run_prepare(name, releases[name], "--output", output, "--overwrite", "--split", "random") == 0
     assert json.loads(output.read_text())["numTraining"] == 2
 
 
@@ -321,6 +324,7 @@ def test_a_single_usable_subject_is_not_split(tmp_path, capsys):
 def test_scripts_run_from_the_command_line(name, releases, tmp_path):
     output = tmp_path / "datalist.json"
     command = [sys.executable, SCRIPTS_DIR / f"prepare_{name}.py", releases[name], "--output", output, "--seed", "1"]
+    command += ["--split", "random"]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert f"wrote {output}: 2 training / 2 validation cases from 4 " in result.stdout

@@ -1,0 +1,144 @@
+"""Slice geometry of volumes for the 2D-network bundles: the canonical orientation, the slice axis and 2D files.
+
+Every training pipeline reorients volumes to RAS (``monai.transforms.Orientationd``) before anything else, so axes
+are counted in that orientation here too. A 2D network trained on slices must slice along the volume's coarsest
+axis (the acquisition's slice direction) and must never resample across slices:
+
+- :func:`volume_geometry` gives the voxel spacing of a NIfTI affine in RAS axis order and the slice axis
+  (the coarsest axis; axis 2, the axial one, when several are equally coarse). ``scripts/prepare_*.py`` record
+  both per case and the data set's slice axis in the datalist.
+- :class:`AddSliceAxisd` turns a 2D file (channel-first ``(C, H, W)``) into a one-slice volume ``(C, H, W, 1)``
+  that keeps the file's 4x4 affine, so that the rest of a slice pipeline runs unchanged.
+- :class:`SliceSpacingd` is ``Spacingd`` that resamples in-plane only (``-1`` along the slice axis) and refuses,
+  naming the file, a volume whose slice axis is not its coarsest axis (slicing it would interpolate across the
+  acquisition's slices).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Spacingd
+
+from common.validation import source_name
+
+__all__ = ["AddSliceAxisd", "SliceSpacingd", "VolumeGeometry", "coarsest_axis", "volume_geometry"]
+
+DEFAULT_SLICE_AXIS = 2  # axial in RAS
+SPACING_RTOL = 0.05  # axes whose spacing is within 5 % of the largest count as equally coarse
+
+
+def coarsest_axis(spacing: Sequence[float], rtol: float = SPACING_RTOL) -> int:
+    """The axis of largest spacing; :data:`DEFAULT_SLICE_AXIS` when it is among several equally coarse axes."""
+    spacing = np.asarray(spacing, dtype=float)
+    coarse = np.flatnonzero(spacing >= spacing.max() * (1.0 - rtol))
+    return DEFAULT_SLICE_AXIS if DEFAULT_SLICE_AXIS in coarse else int(coarse[0])
+
+
+@dataclass(frozen=True)
+class VolumeGeometry:
+    """Voxel spacing (mm) in RAS axis order and the slice axis of one volume."""
+
+    spacing: list[float]
+    slice_axis: int
+
+
+def volume_geometry(affine: np.ndarray, spatial_dims: int = 3) -> VolumeGeometry:
+    """Spacing in RAS axis order and slice axis of a NIfTI volume.
+
+    Args:
+        affine: the file's 4x4 voxel-to-world matrix.
+        spatial_dims: 3, or 2 for a 2D file: its slice axis is the RAS axis of the third voxel axis, whatever the
+            spacing the header gives it.
+
+    Returns:
+        The geometry, axes counted after reorientation to RAS.
+    """
+    affine = np.asarray(affine, dtype=float)
+    voxel_spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    ras_axis_of_voxel_axis = nib.io_orientation(affine)[:, 0].astype(int)
+    spacing = np.empty(3)
+    spacing[ras_axis_of_voxel_axis] = voxel_spacing
+    slice_axis = int(ras_axis_of_voxel_axis[2]) if spatial_dims == 2 else coarsest_axis(spacing)
+    return VolumeGeometry([round(float(value), 6) for value in spacing], slice_axis)
+
+
+class AddSliceAxisd(MapTransform):
+    """Turn 2D channel-first arrays ``(C, H, W)`` into one-slice volumes ``(C, H, W, 1)``; 3D ones pass unchanged.
+
+    A NIfTI file's affine is 4x4 also for a 2D file (its third column holds the slice direction and thickness), so
+    the one-slice volume is placed in the world like the slice it is and the usual 3D transforms apply.
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Return the dictionary with every 2D array given a trailing slice axis."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if d[key].ndim == 3:
+                d[key] = d[key].unsqueeze(-1)
+        return d
+
+
+class SliceSpacingd(Spacingd):
+    """``Spacingd`` to an in-plane spacing that keeps every volume's slices as they are, with a slice-axis check.
+
+    Args:
+        keys: image (and label) keys.
+        slice_axis: the axis the 2D network slices along, counted after reorientation to RAS.
+        pixdim: in-plane spacing in mm, one value or one per in-plane axis (in axis order).
+        rtol: relative tolerance of the check: an axis whose spacing exceeds the slice axis' by more than this
+            fraction makes the volume unusable with this ``slice_axis``.
+        kwargs: further arguments of ``monai.transforms.Spacingd`` (``mode``, ``allow_missing_keys``, ...).
+
+    Raises:
+        ValueError: ``slice_axis`` is not 0, 1 or 2; from ``__call__``: a volume is coarser along another axis
+            than along ``slice_axis`` (the message names the file, both axes and their spacing).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        slice_axis: int,
+        pixdim: float | Sequence[float],
+        rtol: float = SPACING_RTOL,
+        **kwargs: Any,
+    ) -> None:
+        if slice_axis not in (0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis!r}")
+        in_plane = [float(pixdim)] * 2 if np.isscalar(pixdim) else [float(value) for value in pixdim]
+        if len(in_plane) != 2:
+            raise ValueError(f"pixdim must give the two in-plane spacings, got {pixdim!r}")
+        in_plane.insert(slice_axis, -1.0)
+        super().__init__(keys, pixdim=in_plane, **kwargs)
+        self.slice_axis = slice_axis
+        self.rtol = rtol
+
+    def check_slice_axis(self, image: Any, source: str) -> None:
+        """Raise when ``image`` is coarser along another axis than along the slice axis (one-slice volumes pass)."""
+        if image.shape[1 + self.slice_axis] == 1:
+            return  # a single slice (a 2D file) has nothing to resample across
+        spacing = np.asarray(torch.as_tensor(image.pixdim).detach().cpu(), dtype=float)[:3]
+        coarsest = int(np.argmax(spacing))
+        if spacing[coarsest] > spacing[self.slice_axis] * (1.0 + self.rtol):
+            raise ValueError(
+                f"{source}: slice_axis {self.slice_axis} has spacing {spacing[self.slice_axis]:.3g} mm but axis "
+                f"{coarsest} is coarser ({spacing[coarsest]:.3g} mm, RAS axes); slicing along {self.slice_axis} would "
+                f"resample across the acquisition's slices. Set slice_axis to {coarsest} (the datalist of "
+                "scripts/prepare_*.py records the data set's 'slice_axis')"
+            )
+
+    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
+        """Check the first present key's volume, then resample in-plane."""
+        for key in self.key_iterator(dict(data)):
+            self.check_slice_axis(data[key], source_name(data[key], key))
+            break
+        return super().__call__(data, lazy=lazy)
