@@ -164,7 +164,9 @@ class RegionWiseLoss(_Loss):
         """The dense loss written with the label and the own-class value ``z_y``, never building ``(B, C, ...)`` maps.
 
         At voxel ``i`` of class ``y`` every other class's entry is ``w_y`` (1 without class weights), so
-        ``sum_k p_k z_k = w_y (sum_k p_k - p_y) + p_y z_y``; ``sum_k p_k = 1`` after the softmax.
+        ``sum_k p_k z_k = w_y sum_k p_k + p_y (z_y - w_y)``. The sum over classes stays in the graph although it is 1
+        after a softmax: its gradient ``w_y`` on every channel gives the softmax backward the dense map's gradient,
+        whose true-class component stays negative where ``p_y`` rounds to 1 (``1 - p_y`` would round to 0 there).
         """
         num_classes = probabilities.shape[1]
         label, own = split_compact_target(target, num_classes)
@@ -176,9 +178,7 @@ class RegionWiseLoss(_Loss):
         others = self._other_class_values(label, num_classes)
         if self.reduction == LossReduction.NONE.value:
             return self._compact_per_class(probabilities, label, own, others)
-        p_own = probabilities.gather(1, label)
-        total = 1.0 if self.softmax else probabilities.sum(dim=1, keepdim=True)
-        per_voxel = others * (total - p_own) + p_own * own
+        per_voxel = others * probabilities.sum(dim=1, keepdim=True) + probabilities.gather(1, label) * (own - others)
         included = num_classes
         if not self.include_background:
             per_voxel = per_voxel - probabilities[:, :1] * torch.where(label == 0, own, others)
