@@ -356,3 +356,14 @@ def test_sec_4_4_strategies_from_config(map_type, region, schedule):
     expected = region_value + rw_value if schedule == "equal" else 0.7 * region_value + 0.3 * rw_value
     assert alpha == pytest.approx(1.0 if schedule == "equal" else 0.7)
     assert loss(logits, target).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_compact_targets_under_deep_supervision_with_downsampled_heads():
+    """MONAI's DeepSupervisionLoss resizes the target (nearest): a compact map stays paired with its label."""
+    labels = label_batch((16, 12, 8), 4, seed=9)
+    _, dense_target, compact_target = compact_and_dense_targets(labels, 4, (1.0, 2.0, 0.5, 3.0))
+    torch.manual_seed(2)
+    heads = [torch.randn(2, 4, 16 // 2**k, 12 // 2**k, 8 // 2**k) for k in range(3)]
+    dense = DeepSupervisionLoss(RWCombinedLoss("ce", "equal"))
+    compact = DeepSupervisionLoss(RWCombinedLoss("ce", "equal", compact=True, class_weights=(1.0, 2.0, 0.5, 3.0)))
+    assert compact(heads, compact_target).item() == pytest.approx(dense(heads, dense_target).item(), abs=1e-6)
