@@ -184,10 +184,8 @@ def _normalised_inside_distance(
     distance = inside_distance(label, spacing, threads)
     class_max = np.zeros(num_classes, dtype=np.float32)
     np.maximum.at(class_max, label.ravel(), distance.ravel())
-    present = class_max > 0
-    scale = np.zeros(num_classes, dtype=np.float32)
-    scale[present] = -1.0 / class_max[present]
-    distance *= scale[label]
+    divisor = np.where(class_max > 0, -class_max, np.float32(1.0))  # absent classes have no voxel to divide
+    distance /= divisor[label]
     return distance
 
 
