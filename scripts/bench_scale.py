@@ -71,7 +71,7 @@ def merge_regions(atlas: np.ndarray, num_classes: int) -> np.ndarray:
     return np.where(atlas > 0, merged, 0).astype(np.min_scalar_type(num_classes))
 
 
-def bench_maps(atlas_path: str | None, class_counts: list[int], repeats: int, quick: bool) -> None:
+def bench_maps(atlas_path: str | None, class_counts: list[int], repeats: int, quick: bool, threads: int) -> None:
     if atlas_path:
         atlas = np.ascontiguousarray(np.asarray(nib.load(atlas_path).dataobj))
         source = f"AAL atlas {Path(atlas_path).name} {'x'.join(map(str, atlas.shape))}, regions merged to C classes"
@@ -79,7 +79,6 @@ def bench_maps(atlas_path: str | None, class_counts: list[int], repeats: int, qu
         shape = tuple(s // 2 for s in ATLAS_SHAPE) if quick else ATLAS_SHAPE
         atlas = voronoi_label(shape, 117)
         source = f"synthetic Voronoi label {'x'.join(map(str, shape))} (no --atlas)"
-    threads = len(os.sched_getaffinity(0))
     print(f"\n## Maps: {source}; EDT threads {threads}, median of {repeats} rounds")
     print(
         "| C | 1 EDT call (s) | compact (s) | compact / EDT | <= 1.5x | dense (s) | dense / compact "
@@ -98,8 +97,8 @@ def bench_maps(atlas_path: str | None, class_counts: list[int], repeats: int, qu
         medians = interleaved_medians(
             {
                 "edt": lambda label=shifted: edt.edt(label, black_border=False, parallel=threads),
-                "compact": lambda label=label, c=num_classes: rrw_map(label, c, compact=True),
-                "dense": lambda label=label, c=num_classes: rrw_map(label, c),
+                "compact": lambda label=label, c=num_classes: rrw_map(label, c, threads=threads, compact=True),
+                "dense": lambda label=label, c=num_classes: rrw_map(label, c, threads=threads),
             },
             repeats,
         )
@@ -278,6 +277,7 @@ def main() -> None:
     )
     parser.add_argument("--classes", type=int, nargs="+", default=[4, 20, 117], help="class counts of maps/inference")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="EDT threads (maps)")
     parser.add_argument("--quick", action="store_true", help="half-size maps, 64^3 losses, 64x64x16 inference")
     parser.add_argument("--bundle", default="brain_explog", help="bundle whose inference config is run")
     parser.add_argument("--memory-limit-gb", type=float, default=8.0, help="address-space limit per inference run")
@@ -285,7 +285,7 @@ def main() -> None:
     repeats = 2 if args.quick else args.repeats
 
     if "maps" in args.sections:
-        bench_maps(args.atlas, args.classes, repeats, args.quick)
+        bench_maps(args.atlas, args.classes, repeats, args.quick, args.threads)
     if "losses" in args.sections:
         bench_losses(2, 20, 64 if args.quick else 128, max(repeats // 2, 2))
     if "inference" in args.sections:
