@@ -50,6 +50,7 @@ from bench_losses import interleaved_medians  # noqa: E402  (scripts/ is not a p
 REPOSITORY = Path(__file__).resolve().parents[1]
 ATLAS_SHAPE = (181, 217, 181)
 GIB = 1024**3
+OUT_OF_MEMORY_MARKERS = ("MemoryError", "Unable to allocate", "can't allocate memory", "Cannot allocate memory")
 
 
 def voronoi_label(shape: tuple[int, ...], num_classes: int, regions_per_class: int = 3, seed: int = 0) -> np.ndarray:
@@ -210,7 +211,7 @@ def _address_space_limit(limit_bytes: int):
 def run_inference(
     config_file: Path, bundle_root: Path, input_dir: Path, output_dir: Path, num_classes: int, limit_gb: float
 ) -> tuple[int, float, float, str]:
-    """Run the bundle's inference in a subprocess; return its exit status, peak RSS (GiB), wall seconds, log tail."""
+    """Run the bundle's inference in a subprocess; return exit status, peak RSS (GiB), wall seconds, failure reason."""
     command = [
         sys.executable, "-m", "monai.bundle", "run",
         "--config_file", str(config_file),
@@ -235,8 +236,12 @@ def run_inference(
         )
         _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
-    tail = " / ".join(line.strip() for line in log_path.read_text().splitlines()[-3:])
-    return os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024 / GIB, seconds, tail
+    log_text = log_path.read_text()
+    if any(marker in log_text for marker in OUT_OF_MEMORY_MARKERS):
+        reason = "out of memory under the limit"
+    else:
+        reason = " / ".join(line.strip() for line in log_text.splitlines()[-3:])
+    return os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024 / GIB, seconds, reason
 
 
 def bench_inference(
@@ -257,7 +262,7 @@ def bench_inference(
             bundle_root = Path(workdir) / f"bundle_C{num_classes}"
             output_dir = Path(workdir) / f"predictions_C{num_classes}"
             initialised_checkpoint(config_file, bundle_root, num_classes)
-            status, peak_gb, seconds, tail = run_inference(
+            status, peak_gb, seconds, reason = run_inference(
                 config_file, bundle_root, input_dir, output_dir, num_classes, limit_gb
             )
             predictions = sorted(output_dir.rglob("*.nii*")) if output_dir.is_dir() else []
@@ -265,7 +270,7 @@ def bench_inference(
                 nib.load(p).shape[:3] == image.shape and np.allclose(nib.load(p).affine, image.affine, atol=1e-4)
                 for p in predictions
             )
-            note = "" if status == 0 else f"failed (over the limit?): {tail[-160:]}"
+            note = "" if status == 0 else f"failed: {reason[-160:]}"
             print(f"| {num_classes} | {status} | {peak_gb:.2f} | {seconds:.0f} | {kept} | {note} |", flush=True)
 
 
