@@ -260,9 +260,9 @@ class RWCombinedLoss(_Loss):
       :class:`common.handlers.AlphaScheduleHandler` to the trainer, or call :meth:`set_epoch`.
 
     The RW map is whatever the pipeline computed: RW-Boundary (``BoundaryMapd``, dense; the Boundary loss
-    baseline) or RRW (``RRWMapd``, dense or compact). The Dice term is MONAI's ``DiceLoss(softmax=True,
-    to_onehot_y=True)``; the CE term is the voxel-wise mean cross entropy. Both use the label in channel 0 of the
-    target.
+    baseline) or RRW (``RRWMapd``, dense or compact). The Dice term is MONAI's ``DiceLoss(to_onehot_y=True)`` on
+    the softmax (computed once for the Dice and RW terms); the CE term is the voxel-wise mean cross entropy. Both
+    use the label in channel 0 of the target.
 
     Args:
         region: ``"dice"`` or ``"ce"``.
@@ -304,11 +304,13 @@ class RWCombinedLoss(_Loss):
         self.alpha_min = alpha_min
         self.alpha = 1.0
         self.compact = compact
+        # both terms read the softmax computed once in forward
         self.dice = DiceLoss(
-            include_background=include_background, to_onehot_y=True, softmax=True, reduction=self.reduction
+            include_background=include_background, to_onehot_y=True, softmax=False, reduction=self.reduction
         )
         self.rw = RegionWiseLoss(
             include_background=include_background,
+            softmax=False,
             reduction=self.reduction,
             compact=compact,
             class_weights=class_weights,
@@ -342,9 +344,10 @@ class RWCombinedLoss(_Loss):
         else:
             label, rw_target = split_label_and_map(target, num_classes)
         logits = input.float()
+        probabilities = torch.softmax(logits, dim=1)
         if self.region == "dice":
-            region_loss = self.dice(logits, label)
+            region_loss = self.dice(probabilities, label)
         else:
             region_loss = F.cross_entropy(logits, label[:, 0], reduction=self.reduction)
         region_weight, rw_weight = self.weights
-        return region_weight * region_loss + rw_weight * self.rw(logits, rw_target)
+        return region_weight * region_loss + rw_weight * self.rw(probabilities, rw_target)
