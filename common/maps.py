@@ -3,6 +3,15 @@
 Every function takes one integer label image (2D or 3D, no channel axis) and returns a float32 map of shape
 ``(num_classes, *spatial)`` to be multiplied with the softmax output (see :class:`common.losses.RegionWiseLoss`).
 
+Compact form. A rectified map (RRW, active contour) has, at every voxel, one value for the voxel's own class and
+one equal value for all other classes: ``+1``, or the class weight ``w_{label(i)}`` of a class-weighted RRW map.
+With ``compact=True`` the functions return only the own-class value ``z_{label(i)}(i)``, shape ``(*spatial)``:
+4 bytes per voxel whatever the class count. The other classes' value is implied: ``+1``, or
+``class_weights[label(i)]`` given to the loss (``RegionWiseLoss(compact=True, class_weights=...)``). A compact
+map never holds class weights, so ``rrw_map(..., compact=True, class_weights=...)`` is an error that names the
+loss argument; a dense map always holds them, so the dense losses refuse ``class_weights``. RW-Boundary maps are
+not rectified and have no compact form.
+
 Distances come from the ``edt`` package. One multi-label EDT call gives, for every voxel, the distance to the
 nearest voxel of another label, which is ``d_in`` of the voxel's own class for all classes at once; that single
 call replaces the per-class ``scipy.ndimage.distance_transform_edt`` loop of the original code and of MONAI's
@@ -33,7 +42,8 @@ def check_label(
         spacing: voxel size per axis in mm, or None for distances in voxels.
 
     Returns:
-        The label as a C-contiguous ``uint32`` array and the spacing as a tuple of floats (or None).
+        The label as a C-contiguous array of the smallest unsigned integer type that holds ``num_classes``
+        (no copy when it already is one) and the spacing as a tuple of floats (or None).
 
     Raises:
         ValueError: on a wrong number of dimensions, NaN or non-integer values, labels outside
@@ -70,7 +80,7 @@ def check_label(
             raise ValueError(f"spacing {spacing} has {len(spacing)} values but label has {label.ndim} dimensions.")
         if not all(np.isfinite(s) and s > 0 for s in spacing):
             raise ValueError(f"spacing must be positive and finite, got {spacing}.")
-    return np.ascontiguousarray(label, dtype=np.uint32), spacing
+    return np.ascontiguousarray(label, dtype=np.min_scalar_type(num_classes)), spacing
 
 
 def _threads(threads: int | None) -> int:
@@ -87,15 +97,16 @@ def inside_distance(
     Where the whole image holds one label the distance is undefined and ``inf`` is returned.
 
     Args:
-        label: validated ``uint32`` label image (see :func:`check_label`).
+        label: validated unsigned label image (see :func:`check_label`).
         spacing: voxel size per axis, or None for voxel units.
         threads: EDT threads; None for all CPUs available to the process.
 
     Returns:
         float32 array of the label's shape.
     """
-    # edt treats label 0 as background (distance 0), so shift every class to a nonzero id.
-    shifted = label + np.uint32(1)
+    # edt treats label 0 as background (distance 0), so shift every class to a nonzero id; check_label's dtype
+    # holds num_classes, so the shift cannot overflow.
+    shifted = label + label.dtype.type(1)
     return edt.edt(shifted, anisotropy=spacing, black_border=False, parallel=_threads(threads))
 
 
@@ -112,48 +123,73 @@ def _scatter_own_class(base: np.ndarray, label: np.ndarray, values: np.ndarray) 
     return base
 
 
+def _dense_from_compact(own: np.ndarray, label: np.ndarray, num_classes: int, others: np.ndarray) -> np.ndarray:
+    """Dense ``(C, *spatial)`` rectified map: ``others[label(i)]`` for every class but the own one, ``own`` there."""
+    z = np.empty((num_classes, *label.shape), dtype=np.float32)
+    z[...] = others[label]
+    return _scatter_own_class(z, label, own)
+
+
 def rrw_map(
     label: np.ndarray,
     num_classes: int,
     spacing: Sequence[float] | None = None,
     class_weights: Sequence[float] | None = None,
     threads: int | None = None,
+    compact: bool = False,
 ) -> np.ndarray:
     """Rectified region-wise (RRW) map.
 
-    ``z_c(i) = -d_in_c(i) / max_j d_in_c(j)`` where ``label(i) == c`` (values in ``[-1, 0)``), and ``+1`` (or
-    ``class_weights[c]``) elsewhere. Normalisation is per class over the whole image. A class absent from the
-    image is ``+1`` everywhere; a class covering the whole image is ``-1`` everywhere.
+    ``z_c(i) = -d_in_c(i) / max_j d_in_c(j)`` where ``label(i) == c`` (values in ``[-1, 0)``), and ``+1``
+    elsewhere. Normalisation is per class over the whole image. A class absent from the image is ``+1``
+    everywhere; a class covering the whole image is ``-1`` everywhere.
+
+    Class weights (paper Sec. 3.3) emphasise the voxels *of* a class: at a voxel of class ``y`` every other
+    class's entry becomes ``class_weights[y]`` instead of ``+1``, so the non-true entries of each voxel stay equal
+    and the map stays rectified (exactly one negative gradient component per voxel). Scaling a channel instead
+    would break that.
 
     Args:
         label: integer label image ``(*spatial)``, 2D or 3D.
         num_classes: number of classes ``C`` (background is class 0 and is treated like any class).
         spacing: voxel size per axis in mm; distances are in voxels when None.
-        class_weights: optional per-class factor for the ``+1`` (outside) entries, to emphasise a class.
+        class_weights: optional positive weight per class, the value of the other classes' entries at the voxels
+            of that class (dense maps only; compact maps leave the weights to the loss).
         threads: EDT threads; None for all CPUs available to the process.
+        compact: return only each voxel's own-class value, ``(*spatial)`` (see the module docstring).
 
     Returns:
-        float32 array ``(C, *spatial)``.
+        float32 array ``(C, *spatial)``, or ``(*spatial)`` with ``compact=True``.
 
     Raises:
-        ValueError: on an invalid label, spacing or class weights.
+        ValueError: on an invalid label, spacing or class weights, or class weights with ``compact=True``.
     """
+    if compact and class_weights is not None:
+        raise ValueError(
+            "class_weights cannot be stored in a compact RRW map (it holds only each voxel's own-class value); "
+            "give them to the loss instead: RegionWiseLoss(compact=True, class_weights=...)."
+        )
     label, spacing = check_label(label, num_classes, spacing)
-    outside = _outside_values(num_classes, class_weights)
-    counts = _class_counts(label, num_classes)
-    z = np.empty((num_classes, *label.shape), dtype=np.float32)
-    z[...] = outside.reshape(-1, *([1] * label.ndim))
-    if counts.max() == label.size:  # one class fills the image: no boundary, its map is -1
-        z[int(np.argmax(counts))] = -1.0
-        return z
+    others = _class_weights(num_classes, class_weights)
+    own = _normalised_inside_distance(label, num_classes, spacing, threads)
+    return own if compact else _dense_from_compact(own, label, num_classes, others)
+
+
+def _normalised_inside_distance(
+    label: np.ndarray, num_classes: int, spacing: tuple[float, ...] | None, threads: int | None
+) -> np.ndarray:
+    """Own-class RRW value ``-d_in(i) / max d_in`` of the voxel's class (``-1`` everywhere for a one-class image)."""
+    if label.min() == label.max():  # one class fills the image: no boundary, its map is -1
+        return np.full(label.shape, -1.0, dtype=np.float32)
     distance = inside_distance(label, spacing, threads)
     class_max = np.zeros(num_classes, dtype=np.float32)
     np.maximum.at(class_max, label.ravel(), distance.ravel())
-    distance /= -class_max[label]
-    return _scatter_own_class(z, label, distance)
+    divisor = np.where(class_max > 0, -class_max, np.float32(1.0))  # absent classes have no voxel to divide
+    distance /= divisor[label]
+    return distance
 
 
-def _outside_values(num_classes: int, class_weights: Sequence[float] | None) -> np.ndarray:
+def _class_weights(num_classes: int, class_weights: Sequence[float] | None) -> np.ndarray:
     if class_weights is None:
         return np.ones(num_classes, dtype=np.float32)
     weights = np.asarray(class_weights, dtype=np.float32).ravel()
@@ -203,19 +239,20 @@ def boundary_map(
     return _scatter_own_class(z, label, np.float32(offset) - inside_distance(label, spacing, threads))
 
 
-def active_contour_map(label: np.ndarray, num_classes: int) -> np.ndarray:
+def active_contour_map(label: np.ndarray, num_classes: int, compact: bool = False) -> np.ndarray:
     """Active-contour map ``Z = 1 - onehot(label)``: the region term of the AC loss with ``c1 = 1, c2 = 0``.
 
     Args:
         label: integer label image ``(*spatial)``, 2D or 3D.
         num_classes: number of classes ``C``.
+        compact: return only each voxel's own-class value (all zeros), ``(*spatial)``.
 
     Returns:
-        float32 array ``(C, *spatial)``.
+        float32 array ``(C, *spatial)``, or ``(*spatial)`` with ``compact=True``.
 
     Raises:
         ValueError: on an invalid label.
     """
     label, _ = check_label(label, num_classes)
-    z = np.ones((num_classes, *label.shape), dtype=np.float32)
-    return _scatter_own_class(z, label, np.zeros(label.shape, dtype=np.float32))
+    own = np.zeros(label.shape, dtype=np.float32)
+    return own if compact else _dense_from_compact(own, label, num_classes, np.ones(num_classes, dtype=np.float32))

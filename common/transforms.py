@@ -4,6 +4,10 @@ The maps depend only on the ground truth, so they belong in the deterministic pa
 ``CacheDataset``/``PersistentDataset`` compute them once. The RW paper computes RRW maps on the 3D labels and
 trains 2D networks on slices: put the map transform before the slice crop and list the map key among the crop's
 keys. To compute the map on the patch instead, put the transform after the crop.
+
+``compact=True`` stores a rectified map (RRW, active contour) as one float per voxel, ``(1, *spatial)``: the value
+of the voxel's own class (see :mod:`common.maps`). A cached dataset then holds 4 bytes per voxel instead of
+``4 * C``; the losses read it with ``compact=True`` and take any class weights themselves.
 """
 
 from __future__ import annotations
@@ -29,13 +33,15 @@ MAP_FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
     "active_contour": active_contour_map,
 }
 _USES_SPACING = {"rrw", "boundary"}
+_HAS_COMPACT_FORM = {"rrw", "active_contour"}
 
 
 class RWMapd(MapTransform):
     """Compute an RW map from a channel-first label and store it under a new key.
 
-    The map has shape ``(num_classes, *spatial)`` and, for a ``MetaTensor`` label, the label's metadata (affine,
-    filename, applied operations), so later spatial transforms treat it like the label.
+    The map has shape ``(num_classes, *spatial)`` (``(1, *spatial)`` with ``compact=True``) and, for a
+    ``MetaTensor`` label, the label's metadata (affine, filename, applied operations), so later spatial transforms
+    treat it like the label.
 
     Args:
         keys: key(s) of the label(s), each of shape ``(1, *spatial)`` with 2 or 3 spatial dimensions.
@@ -46,11 +52,14 @@ class RWMapd(MapTransform):
             Ignored by ``"active_contour"``, which uses no distances, so one config can switch map types.
         spacing_from_affine: take the spacing from each label's affine (the label must be a ``MetaTensor``).
         allow_missing_keys: do not raise if a key is missing.
-        map_kwargs: passed to the map function (``class_weights`` for ``"rrw"``, ``offset`` for ``"boundary"``).
+        compact: store only each voxel's own-class value, ``(1, *spatial)`` (``"rrw"`` and ``"active_contour"``);
+            class weights then go to the loss, not to the map.
+        map_kwargs: passed to the map function (``class_weights`` for a dense ``"rrw"``, ``offset`` for
+            ``"boundary"``).
 
     Raises:
-        ValueError: on an unknown map type, both ``spacing`` and ``spacing_from_affine``, or a mismatch between
-            the numbers of keys and output keys.
+        ValueError: on an unknown map type, both ``spacing`` and ``spacing_from_affine``, a mismatch between
+            the numbers of keys and output keys, ``compact`` with ``"boundary"``, or ``compact`` with class weights.
     """
 
     def __init__(
@@ -62,11 +71,22 @@ class RWMapd(MapTransform):
         spacing: Sequence[float] | None = None,
         spacing_from_affine: bool = False,
         allow_missing_keys: bool = False,
+        compact: bool = False,
         **map_kwargs: Any,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if map_type not in MAP_FUNCTIONS:
             raise ValueError(f"map_type must be one of {sorted(MAP_FUNCTIONS)}, got {map_type!r}.")
+        if compact and map_type not in _HAS_COMPACT_FORM:
+            raise ValueError(
+                f"map_type {map_type!r} has no compact form (its non-true entries differ per class); use "
+                f"compact=False or one of {sorted(_HAS_COMPACT_FORM)}."
+            )
+        if compact and map_kwargs.get("class_weights") is not None:
+            raise ValueError(
+                "class_weights cannot be stored in a compact map; give them to the loss instead: "
+                "RegionWiseLoss(compact=True, class_weights=...) or RWCombinedLoss(compact=True, class_weights=...)."
+            )
         if spacing is not None and spacing_from_affine:
             raise ValueError("Give either spacing or spacing_from_affine=True, not both.")
         self.output_keys = (output_key,) if isinstance(output_key, str) else tuple(output_key)
@@ -76,6 +96,7 @@ class RWMapd(MapTransform):
         self.map_type = map_type
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
         self.spacing_from_affine = spacing_from_affine
+        self.compact = compact
         self.map_kwargs = map_kwargs
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -99,12 +120,16 @@ class RWMapd(MapTransform):
             )
         array = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
         kwargs = dict(self.map_kwargs)
+        if self.compact:
+            kwargs["compact"] = True
         if self.map_type in _USES_SPACING:
             kwargs["spacing"] = self._spacing(label, source)
         try:
             z = MAP_FUNCTIONS[self.map_type](array[0], self.num_classes, **kwargs)
         except ValueError as error:
             raise ValueError(f"{source}: {error}") from error
+        if self.compact:
+            z = z[None]
         if isinstance(label, torch.Tensor):
             return convert_to_dst_type(z, dst=label, dtype=torch.float32)[0]
         return z
@@ -124,7 +149,11 @@ def _describe(label: Any, key: Hashable) -> str:
 
 
 class RRWMapd(RWMapd):
-    """Rectified RW map (see :func:`common.maps.rrw_map`); ``class_weights`` scales each class's ``+1`` entries."""
+    """Rectified RW map (see :func:`common.maps.rrw_map`).
+
+    ``class_weights[c]`` replaces the ``+1`` entries at the voxels of class ``c`` (dense maps; with ``compact=True``
+    give the weights to the loss).
+    """
 
     def __init__(
         self,
@@ -135,6 +164,7 @@ class RRWMapd(RWMapd):
         spacing_from_affine: bool = False,
         class_weights: Sequence[float] | None = None,
         allow_missing_keys: bool = False,
+        compact: bool = False,
     ) -> None:
         super().__init__(
             keys,
@@ -144,6 +174,7 @@ class RRWMapd(RWMapd):
             spacing,
             spacing_from_affine,
             allow_missing_keys,
+            compact,
             class_weights=class_weights,
         )
 
@@ -175,5 +206,8 @@ class ActiveContourMapd(RWMapd):
         num_classes: int = 2,
         output_key: str | Sequence[str] = "rw_map",
         allow_missing_keys: bool = False,
+        compact: bool = False,
     ) -> None:
-        super().__init__(keys, num_classes, "active_contour", output_key, allow_missing_keys=allow_missing_keys)
+        super().__init__(
+            keys, num_classes, "active_contour", output_key, allow_missing_keys=allow_missing_keys, compact=compact
+        )

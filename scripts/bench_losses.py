@@ -7,8 +7,8 @@ to_onehot_y=True)``. Target: every ratio <= 1.5.
 
 ``MultiResolutionLoss`` gets three outputs (full, 1/2 and 1/4 resolution, as the networks return in training),
 so it does 1 + 1/8 + 1/64 of the work of the others; MONAI's ``DeepSupervisionLoss`` on the same outputs is shown
-for reference. ``RegionWiseLoss`` is timed on an active-contour map (``1 - onehot``); its time does not depend on
-the map's values.
+for reference. The RW losses run on dense ``(B, C, ...)`` and compact ``(B, 2, ...)`` targets of the same RRW-shaped
+map (their time does not depend on the map's values); ``scripts/bench_scale.py`` compares the two forms in detail.
 
     python scripts/bench_losses.py                    # (2, 20, 128^3), 5 rounds: about 3 minutes on 2 cores
     python scripts/bench_losses.py --side 64 --repeats 3   # smoke run
@@ -22,10 +22,17 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from monai.losses import DeepSupervisionLoss, DiceLoss
 
-from common.losses import ExpLogLoss, MultiResolutionLoss, SADiceLoss
+from common.losses import (
+    ExpLogLoss,
+    FocalLoss,
+    MultiResolutionLoss,
+    RegionWiseLoss,
+    RWCombinedLoss,
+    RWWeightedCrossEntropyLoss,
+    SADiceLoss,
+)
 
 TARGET_RATIO = 1.5
 
@@ -80,13 +87,21 @@ def loss_steps(batch: int, num_classes: int, side: int, device: torch.device) ->
             labels.float(),  # MONAI's nearest resizing fails on integer tensors
         ),
     }
-    try:
-        from common.losses import RegionWiseLoss
-    except ImportError as error:
-        print(f"RegionWiseLoss not benchmarked: {error}")
-    else:
-        active_contour = 1 - F.one_hot(labels[:, 0], num_classes).movedim(-1, 1).float()
-        candidates["RegionWiseLoss (RW map)"] = (RegionWiseLoss(), logits, active_contour)
+    # RW losses on an RRW-shaped map (own class in [-1, 0), +1 elsewhere): their time does not depend on its values
+    own_value = -torch.rand(batch, 1, *spatial, device=device)
+    dense_map = torch.ones(batch, num_classes, *spatial, device=device).scatter_(1, labels, own_value)
+    dense_target = torch.cat([labels.float(), dense_map], dim=1)
+    compact_target = torch.cat([labels.float(), own_value], dim=1)
+    candidates.update(
+        {
+            "RegionWiseLoss, dense map": (RegionWiseLoss(), logits, dense_map),
+            "RegionWiseLoss, compact map": (RegionWiseLoss(compact=True), logits, compact_target),
+            "RWCombinedLoss(dice, gradual), dense": (RWCombinedLoss("dice", "gradual"), logits, dense_target),
+            "RWCombinedLoss(dice, gradual), compact": (RWCombinedLoss(compact=True), logits, compact_target),
+            "RWWeightedCrossEntropyLoss, compact": (RWWeightedCrossEntropyLoss(compact=True), logits, compact_target),
+            "FocalLoss (original, gamma 2)": (FocalLoss(), logits, labels),
+        }
+    )
     return {name: (lambda args=args: step(*args)) for name, args in candidates.items()}
 
 

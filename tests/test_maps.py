@@ -100,17 +100,58 @@ def test_rrw_values_range_and_normalisation_per_class():
         np.testing.assert_array_equal(z[c][label != c], 1.0)
 
 
-def test_rrw_class_weights_scale_only_outside_entries():
-    label = blobs((20, 20), 3, seed=5)
-    weights = (1.0, 2.0, 0.5)
-    weighted, plain = rrw_map(label, 3, class_weights=weights), rrw_map(label, 3)
-    for c, w in enumerate(weights):
-        np.testing.assert_allclose(weighted[c][label != c], w)
-        np.testing.assert_allclose(weighted[c][label == c], plain[c][label == c])
+@pytest.mark.parametrize("weights", [(1.0, 3.0, 1.0, 1.0), (0.5, 1.0, 2.0, 4.0)])
+def test_rrw_class_weights_set_the_other_entries_at_the_voxels_of_each_class(weights):
+    """Sec. 3.3: at a voxel of class y every other entry is w_y, the own entry is unchanged (map stays rectified)."""
+    label = blobs((20, 18, 6), 4, seed=5)
+    weighted, plain = rrw_map(label, 4, class_weights=weights), rrw_map(label, 4)
+    for c in range(4):
+        inside = label == c
+        np.testing.assert_array_equal(weighted[c][inside], plain[c][inside])
+        for k in range(4):
+            if k != c:
+                np.testing.assert_array_equal(weighted[k][inside], weights[c])
     with pytest.raises(ValueError, match="class_weights has 2 values"):
-        rrw_map(label, 3, class_weights=(1.0, 2.0))
+        rrw_map(label, 4, class_weights=(1.0, 2.0))
     with pytest.raises(ValueError, match="positive"):
-        rrw_map(label, 3, class_weights=(1.0, -2.0, 1.0))
+        rrw_map(label, 4, class_weights=(1.0, -2.0, 1.0, 1.0))
+
+
+def own_class_values(dense: np.ndarray, label: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(dense, label[None].astype(np.intp), axis=0)[0]
+
+
+@pytest.mark.parametrize("shape", [(40, 36), (24, 20, 12)])
+@pytest.mark.parametrize("num_classes", [2, 3, 7])
+@pytest.mark.parametrize("spacing", [None, "anisotropic"])
+def test_compact_rrw_is_the_own_class_value_of_the_dense_map(shape, num_classes, spacing):
+    label = blobs(shape, num_classes, seed=num_classes)
+    label[label == num_classes - 1] = 0  # one absent class
+    spacing = None if spacing is None else (0.8, 1.3, 3.0)[: len(shape)]
+    compact = rrw_map(label, num_classes, spacing=spacing, compact=True)
+    dense = rrw_map(label, num_classes, spacing=spacing)
+    assert compact.shape == label.shape and compact.dtype == np.float32
+    np.testing.assert_array_equal(compact, own_class_values(dense, label))
+    # the implied entries of the dense map are all +1
+    other_classes = np.arange(num_classes).reshape(-1, *([1] * label.ndim)) != label
+    np.testing.assert_array_equal(dense[other_classes], 1.0)
+    np.testing.assert_allclose(compact, own_class_values(scipy_rrw(label, num_classes, spacing), label), atol=1e-5)
+
+
+def test_compact_rrw_of_one_class_images_and_hand_computed_square():
+    np.testing.assert_array_equal(rrw_map(np.full((4, 5, 3), 2), 3, compact=True), -1.0)
+    label = np.zeros((5, 5), dtype=np.int64)
+    label[1:4, 1:4] = 1
+    expected = np.full((5, 5), -1.0 / SQRT2)  # background ring, corners at sqrt(2)
+    expected[[0, 0, 4, 4], [0, 4, 0, 4]] = -1.0
+    expected[1:4, 1:4] = -0.5
+    expected[2, 2] = -1.0
+    np.testing.assert_allclose(rrw_map(label, 2, compact=True), expected, atol=1e-6)
+
+
+def test_compact_rrw_refuses_class_weights_and_points_to_the_loss():
+    with pytest.raises(ValueError, match=r"RegionWiseLoss\(compact=True, class_weights"):
+        rrw_map(np.zeros((4, 4), dtype=int), 2, class_weights=(1.0, 2.0), compact=True)
 
 
 @pytest.mark.parametrize("spacing", [None, (1.5, 1.5, 10.0)])
@@ -143,6 +184,9 @@ def test_active_contour_map_is_one_minus_onehot():
     label = blobs((9, 11, 5), 4, seed=1)
     expected = 1.0 - np.eye(4)[label].transpose(3, 0, 1, 2)
     np.testing.assert_array_equal(active_contour_map(label, 4), expected)
+    compact = active_contour_map(label, 4, compact=True)
+    assert compact.shape == label.shape and compact.dtype == np.float32
+    np.testing.assert_array_equal(compact, own_class_values(expected, label))
 
 
 def test_maps_accept_whole_float_and_bool_labels():

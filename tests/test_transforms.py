@@ -122,3 +122,37 @@ def test_map_on_the_2d_patch_option(nifti_case):
     out = pipeline(paths)
     z = int(out["image"][0, 0, 0])
     np.testing.assert_allclose(out["rw_map"].numpy(), rrw_map(label[..., z], 4, spacing=SPACING[:2]), atol=1e-6)
+
+
+@pytest.mark.parametrize("dataset_type", ["cache", "persistent"])
+def test_compact_map_before_the_slice_crop_in_cached_pipelines(nifti_case, tmp_path, dataset_type):
+    """Compact (1, H, W, D) map cached once, sliced with the label: each slice is the slice of the compact 3D map."""
+    paths, label = nifti_case
+    keys = ["image", "label", "rw_map"]
+    deterministic = [*load(), RRWMapd(num_classes=4, spacing_from_affine=True, compact=True)]
+    random_slice = [RandSpatialCropd(keys, roi_size=(-1, -1, 1), random_size=False), SqueezeDimd(keys, dim=-1)]
+    transform = Compose(deterministic + random_slice).set_random_state(seed=0)
+    if dataset_type == "cache":
+        dataset = CacheDataset([paths] * 2, transform, progress=False)
+        cached = dataset._cache[0]["rw_map"]
+        assert cached.shape == (1, *label.shape) and cached.dtype == torch.float32
+    else:
+        dataset = PersistentDataset([paths] * 2, transform, cache_dir=tmp_path / "cache")
+    full_map = rrw_map(label, 4, spacing=SPACING, compact=True)
+    for batch in DataLoader(dataset, batch_size=2, num_workers=0):
+        assert batch["rw_map"].shape == (2, 1, *label.shape[:2])
+        for image, rw_map in zip(batch["image"], batch["rw_map"], strict=True):
+            np.testing.assert_allclose(rw_map[0].numpy(), full_map[..., int(image[0, 0, 0])], atol=1e-6)
+
+
+def test_compact_maps_metadata_and_errors(nifti_case):
+    paths, label = nifti_case
+    out = Compose([*load(), RRWMapd(num_classes=4, spacing_from_affine=True, compact=True)])(paths)
+    assert isinstance(out["rw_map"], MetaTensor) and out["rw_map"].meta["filename_or_obj"] == paths["label"]
+    np.testing.assert_allclose(out["rw_map"].affine.numpy(), out["label"].affine.numpy())
+    contour = ActiveContourMapd(num_classes=4, compact=True)({"label": label[None]})["rw_map"]
+    np.testing.assert_array_equal(contour, active_contour_map(label, 4, compact=True)[None])
+    with pytest.raises(ValueError, match="'boundary' has no compact form"):
+        RWMapd(num_classes=4, map_type="boundary", compact=True)
+    with pytest.raises(ValueError, match=r"give them to the loss instead: RegionWiseLoss\(compact=True"):
+        RRWMapd(num_classes=4, class_weights=(1.0, 3.0, 1.0, 1.0), compact=True)
