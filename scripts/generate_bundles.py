@@ -297,13 +297,21 @@ def _as_mapping(value: Any) -> Any:
     return value
 
 
+def _same_kind(old: Any, new: Any) -> bool:
+    """Whether two values are of one kind: the same type, and both ``$`` expressions or neither."""
+    if isinstance(old, str) and isinstance(new, str):
+        return old.startswith("$") == new.startswith("$")
+    return type(_plain(old)) is type(_plain(new))
+
+
 def deep_merge(base: dict[str, Any], update: dict[str, Any], source: str) -> Mapping:
     """Merge ``update`` into a copy of ``base``: mappings key by key, the rest replaced, MONAI's ``+key`` merged.
 
     ``+name`` appends its list to ``name``'s list or updates ``name``'s mapping with its keys (as
     ``monai.bundle.utils.merge_kv``); when ``base`` has neither ``name`` nor ``+name``, ``+name`` is kept as it is.
     A mapping with another ``_target_`` than the one it meets is a different component and replaces it whole.
-    A key's note comes from ``update`` when it has one there, else it stays as it was.
+    A key keeps its note unless ``update`` gives one, or replaces its value by one of another kind (a number by a
+    ``$`` expression, a list by a mapping, ...), which takes ``update``'s note, if any.
 
     Raises:
         SpecError: ``+name`` meets a value of another kind, or is not a list or mapping (names ``source``).
@@ -334,6 +342,8 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any], source: str) -> Map
         elif isinstance(value, dict) and isinstance(merged.get(key), dict) and not _new_component(merged[key], value):
             merged[key] = deep_merge(merged[key], value, source)
         else:
+            if key in merged and not _same_kind(merged[key], value):
+                merged.notes[key] = note  # a comment on a value of another kind may not hold for the new one
             merged[key] = copy.deepcopy(value)
         if note:
             merged.notes[key] = note

@@ -103,6 +103,7 @@ def test_comments_travel_with_their_keys_and_later_pieces_replace_them():
     settings = merged["settings"]
     notes = settings.notes
     assert notes["seed"].inline == "another seed" and notes["lr"].above == ("the optimiser", "on two lines")
+    assert not merge(base, "settings: {lr: $@x}\n")["settings"].notes["lr"]  # not a number any more
     assert notes["url"].inline == "a '#' in quotes is not a comment"
     assert settings["url"] == "http://x#y" and settings["lr"] == 0.01
     assert settings["items"].notes[0].inline == "first item" and settings["items"].notes[1].above == ("second item",)
