@@ -116,7 +116,6 @@ TOP_LEVEL_ORDER = {
     "trainable_parameters": 35,
     "optimizer": 40,
     "lr_scheduler": 45,
-    "lr_step_transform": 46,
     "validate_inputs": 48,
     "base_transforms": 49,
     "image_transforms": 49,

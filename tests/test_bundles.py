@@ -171,15 +171,8 @@ def test_train_config_builds_the_loss_of_its_pairing(name):
         method_loss = parser.get_parsed_content("method_loss")
         assert loss.loss is method_loss
         assert (type(method_loss), target_key, parser.get_parsed_content("map_type")) == expected
-        handlers = parser["train#handlers"]  # built one by one: the others need the data
-        built = [  # None when disabled
-            parser.get_parsed_content(f"train#handlers#{index}")
-            for index, handler in enumerate(handlers)
-            if handler["_target_"].endswith("AlphaScheduleHandler")
-        ]
-        assert [type(handler) for handler in built if handler is not None] == (
-            [AlphaScheduleHandler] if method == "boundary" else []
-        )
+        handlers = parser.get_parsed_content("train#extra_handlers")
+        assert [type(handler) for handler in handlers] == ([AlphaScheduleHandler] if method == "boundary" else [])
         if method == "boundary":  # alpha from 1 down by 0.01 per epoch to 0.01
             assert (method_loss.region, method_loss.schedule) == ("dice", "gradual")
             assert [method_loss.set_epoch(epoch) for epoch in (0, 1, 150)] == pytest.approx([1.0, 0.99, 0.01])
