@@ -135,8 +135,9 @@ TOP_LEVEL_ORDER = {
     "finalize": 99,
 }
 SETTING_RANK, COMPONENT_RANK, LOSS_RANK = 10, 50, 30
-# the same inside ``train`` and ``validate``; keys not listed are pieces of the preprocessing (rank 10), or of the
-# handlers when their names say so (rank 80)
+# the same inside ``train`` and ``validate``; keys not listed are pieces of the preprocessing, or of the handlers
+# when their names say so
+PREPROCESSING_RANK, HANDLER_RANK = 10, 80
 ENGINE_ORDER = {
     "preprocessing": 20,
     "dataset": 30,
@@ -170,7 +171,7 @@ class Note:
         return bool(self.above or self.inline)
 
 
-class Mapping(dict):
+class NotedMapping(dict):
     """A YAML mapping with the notes of its keys and its flow style (``{a: 1}``) as read."""
 
     def __init__(self, *args: Any, flow: bool = False, **kwargs: Any) -> None:
@@ -179,7 +180,7 @@ class Mapping(dict):
         self.flow = flow
 
 
-class Sequence(list):
+class NotedList(list):
     """A YAML list with the notes of its items (by index) and its flow style (``[1, 2]``) as read."""
 
     def __init__(self, *args: Any, flow: bool = False) -> None:
@@ -187,9 +188,9 @@ class Sequence(list):
         self.notes: dict[int, Note] = {}
         self.flow = flow
 
-    def joined(self, other: Sequence) -> Sequence:
+    def joined(self, other: NotedList) -> NotedList:
         """This list followed by ``other``, notes included."""
-        result = Sequence([*self, *copy.deepcopy(other)], flow=self.flow)
+        result = NotedList([*self, *copy.deepcopy(other)], flow=self.flow)
         result.notes = {**self.notes, **{index + len(self): note for index, note in other.notes.items()}}
         return result
 
@@ -243,15 +244,15 @@ def _scalar(value: Any) -> Any:
 
 
 def _with_notes(node: Any, reader: _NoteReader) -> Any:
-    """The tree of ``node`` as :class:`Mapping`/:class:`Sequence` with notes, in document order."""
+    """The tree of ``node`` as :class:`NotedMapping`/:class:`NotedList` with notes, in document order."""
     if isinstance(node, CommentedMap):
-        mapping = Mapping(flow=node.fa.flow_style() is True)
+        mapping = NotedMapping(flow=node.fa.flow_style() is True)
         for key, value in node.items():
             mapping.notes[key] = reader.note(node.lc.key(key)[0])
             mapping[key] = _with_notes(value, reader)
         return mapping
     if isinstance(node, CommentedSeq):
-        sequence = Sequence(flow=node.fa.flow_style() is True)
+        sequence = NotedList(flow=node.fa.flow_style() is True)
         for index, value in enumerate(node):
             sequence.notes[index] = reader.note(node.lc.item(index)[0])
             sequence.append(_with_notes(value, reader))
@@ -259,7 +260,7 @@ def _with_notes(node: Any, reader: _NoteReader) -> Any:
     return _scalar(node)
 
 
-def read_yaml(path: Path) -> Mapping:
+def read_yaml(path: Path) -> NotedMapping:
     """Read a YAML mapping with its comments, with errors that name the file (duplicate keys are errors)."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -269,7 +270,7 @@ def read_yaml(path: Path) -> Mapping:
 
 
 @functools.lru_cache(maxsize=256)
-def _parse(path: str, text: str) -> Mapping:
+def _parse(path: str, text: str) -> NotedMapping:
     """The tree of one file's text (cached: every bundle reads base.yaml and its pieces again)."""
     try:
         content = YAML(typ="rt").load(text)
@@ -288,11 +289,11 @@ def _new_component(old: dict[str, Any], new: dict[str, Any]) -> bool:
 
 
 def _as_mapping(value: Any) -> Any:
-    """``value`` with every plain dict/list turned into :class:`Mapping`/:class:`Sequence` (no notes)."""
-    if isinstance(value, dict) and not isinstance(value, Mapping):
-        return Mapping({key: _as_mapping(item) for key, item in value.items()})
-    if isinstance(value, list) and not isinstance(value, Sequence):
-        return Sequence([_as_mapping(item) for item in value])
+    """``value`` with every plain dict/list turned into :class:`NotedMapping`/:class:`NotedList` (no notes)."""
+    if isinstance(value, dict) and not isinstance(value, NotedMapping):
+        return NotedMapping({key: _as_mapping(item) for key, item in value.items()})
+    if isinstance(value, list) and not isinstance(value, NotedList):
+        return NotedList([_as_mapping(item) for item in value])
     return value
 
 
@@ -303,7 +304,7 @@ def _same_kind(old: Any, new: Any) -> bool:
     return type(_plain(old)) is type(_plain(new))
 
 
-def deep_merge(base: dict[str, Any], update: dict[str, Any], source: str) -> Mapping:
+def deep_merge(base: dict[str, Any], update: dict[str, Any], source: str) -> NotedMapping:
     """Merge ``update`` into a copy of ``base``: mappings key by key, the rest replaced, MONAI's ``+key`` merged.
 
     ``+name`` appends its list to ``name``'s list or updates ``name``'s mapping with its keys (as
@@ -333,9 +334,10 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any], source: str) -> Map
                     if value.notes.get(item_key):
                         existing.notes[item_key] = value.notes[item_key]
             else:
+                held = {dict: "a mapping", list: "a list"}.get(type(_plain(existing)), "a value")
                 raise SpecError(
                     f"{source}: '{key}' must append a list to a list or merge a mapping into a mapping, "
-                    f"but '{target}' holds a {type(existing).__name__}"
+                    f"but '{target}' holds {held}"
                 )
             key = target
         elif isinstance(value, dict) and isinstance(merged.get(key), dict) and not _new_component(merged[key], value):
@@ -349,7 +351,7 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any], source: str) -> Map
     return merged
 
 
-def spec_chain(spec_path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, Mapping]]:
+def spec_chain(spec_path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, NotedMapping]]:
     """The spec and the specs it extends, each read once, the root first.
 
     ``extends: NAME`` names a sibling bundle folder (``<bundles>/NAME/bundle.yaml``).
@@ -376,7 +378,7 @@ def spec_chain(spec_path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path,
     return [*spec_chain(parent_path, (*seen, spec_path)), (spec_path, spec)]
 
 
-def compose(spec_path: Path) -> tuple[dict[str, Mapping], Mapping, list[str]]:
+def compose(spec_path: Path) -> tuple[dict[str, NotedMapping], NotedMapping, list[str]]:
     """Merge base, pieces, the specs it extends (root first) and the spec into one mapping per section.
 
     Returns:
@@ -384,9 +386,10 @@ def compose(spec_path: Path) -> tuple[dict[str, Mapping], Mapping, list[str]]:
         chain) and the repository-relative sources in merge order.
     """
     chain = spec_chain(spec_path)
-    spec = Mapping()
+    spec = NotedMapping()
     for path, own in chain:
-        spec = deep_merge(spec, Mapping({key: value for key, value in own.items() if key not in SECTIONS}), str(path))
+        own_keys = NotedMapping({key: value for key, value in own.items() if key not in SECTIONS})
+        spec = deep_merge(spec, own_keys, str(path))
     if f"{MERGE_KEY}pieces" in spec:
         raise SpecError(f"{spec_path}: '{MERGE_KEY}pieces' appends to the pieces of an extended spec; it has none")
     pieces = spec.get("pieces", [])
@@ -394,7 +397,7 @@ def compose(spec_path: Path) -> tuple[dict[str, Mapping], Mapping, list[str]]:
         raise SpecError(f"{spec_path}: 'pieces' must be a list of files under templates/")
     specs = dict(chain)
     sources = [TEMPLATES / "base.yaml", *(TEMPLATES / piece for piece in pieces), *specs]
-    sections = {name: Mapping() for name in SECTIONS}
+    sections = {name: NotedMapping() for name in SECTIONS}
     for source in sources:
         piece = specs[source] if source in specs else read_yaml(source)
         for name in SECTIONS:
@@ -437,10 +440,10 @@ def engine_rank(key: Any, value: Any) -> int:
     """Position class of a key inside ``train`` or ``validate`` (see :data:`ENGINE_ORDER`)."""
     if key in ENGINE_ORDER:
         return ENGINE_ORDER[key]
-    return 80 if re.search(r"handlers?$|saver$|_table$", str(key)) else 10
+    return HANDLER_RANK if re.search(r"handlers?$|saver$|_table$", str(key)) else PREPROCESSING_RANK
 
 
-def _ordered(mapping: Mapping, rank: Callable[[Any, Any], int]) -> list[Any]:
+def _ordered(mapping: NotedMapping, rank: Callable[[Any, Any], int]) -> list[Any]:
     """The keys of ``mapping`` by rank, insertion order within a rank."""
     return sorted(mapping, key=lambda key: rank(key, mapping[key]))
 
@@ -542,7 +545,7 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, str) else value
 
 
-def dump_yaml(content: Mapping, header: str = "", rank: Callable[[Any, Any], int] | None = top_level_rank) -> str:
+def dump_yaml(content: NotedMapping, header: str = "", rank: Callable[[Any, Any], int] | None = top_level_rank) -> str:
     """YAML text of a config: keys in MONAI's reading order, notes as comments, checked by reading it back.
 
     Raises:
@@ -560,13 +563,13 @@ def dump_yaml(content: Mapping, header: str = "", rank: Callable[[Any, Any], int
     return text
 
 
-def render_config(sections: dict[str, Mapping], parts: tuple[str, ...], merged_at_run_time: bool) -> Mapping:
+def render_config(sections: dict[str, NotedMapping], parts: tuple[str, ...], merged_at_run_time: bool) -> NotedMapping:
     """Merge the given sections (e.g. ``shared`` then ``train``) into one config mapping.
 
     Raises:
         SpecError: a ``+key`` is left that nothing merges: below the top level, or in a file read on its own.
     """
-    config = Mapping()
+    config = NotedMapping()
     for part in parts:
         config = deep_merge(config, sections[part], part)
     _check_merge_keys(config, "+".join(parts), top_level_allowed=merged_at_run_time)
@@ -584,7 +587,7 @@ def _check_merge_keys(value: Any, where: str, top_level_allowed: bool) -> None:
             _check_merge_keys(item, where, top_level_allowed=False)
 
 
-def render_docs(name: str, sections: dict[str, Mapping]) -> str:
+def render_docs(name: str, sections: dict[str, NotedMapping]) -> str:
     """Fill ``templates/README.md.in`` with the merged ``docs`` section and the metadata's references.
 
     The optional docs field ``protocol`` (a Markdown table) becomes a ``## Protocol`` section.

@@ -67,7 +67,7 @@ def test_plus_key_appends_lists_updates_mappings_and_stays_when_nothing_is_there
     }
     assert merge("a: {b: 1, c: 2}\n", "a: {b: 5}\n") == {"a": {"b": 5, "c": 2}}  # plain keys deep-merge
     assert merge("a: {_target_: X, b: 1}\n", "a: {_target_: Y}\n") == {"a": {"_target_": "Y"}}  # another component
-    with pytest.raises(SpecError, match=r"piece.yaml: '\+imports' must append a list to a list .* holds a Mapping"):
+    with pytest.raises(SpecError, match=r"piece.yaml: '\+imports' must append a list to a list .* holds a mapping"):
         merge("imports: {a: 1}\n", "+imports: [b]\n")
     with pytest.raises(SpecError, match=r"piece.yaml: '\+epochs' must hold a list"):
         merge("epochs: 1\n", "+epochs: 2\n")
