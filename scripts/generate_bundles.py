@@ -63,31 +63,39 @@ SECTIONS = ("shared", "train", "evaluate", "inference", "multi_gpu", "metadata",
 LINE_WIDTH = 120
 MERGE_KEY, ID_SEP_KEY = "+", "::"  # monai.bundle.utils' (not imported: importing monai takes seconds)
 INDENT = 2  # mapping indent; sequence dashes are indented by the same amount under their key
-CONFIG_FILES = {  # generated file -> (sections merged into it, whether MONAI merges it onto train.yaml, usage)
+CONFIG_FILES = {  # generated file -> (sections merged into it, whether MONAI merges it onto train.yaml, usage lines)
     "configs/train.yaml": (
         ("shared", "train"),
         False,
-        "python -m monai.bundle run --config_file configs/train.yaml --logging_file configs/logging.conf "
-        "--dataset_dir DATA",
+        (
+            "python -m monai.bundle run --config_file configs/train.yaml --logging_file configs/logging.conf",
+            "    --dataset_dir DATA",
+        ),
     ),
     "configs/evaluate.yaml": (
         ("evaluate",),
         True,
-        "python -m monai.bundle run --config_file \"['configs/train.yaml','configs/evaluate.yaml']\" "
-        "--logging_file configs/logging.conf --dataset_dir DATA",
+        (
+            "python -m monai.bundle run --config_file \"['configs/train.yaml','configs/evaluate.yaml']\"",
+            "    --logging_file configs/logging.conf --dataset_dir DATA",
+        ),
     ),
     "configs/inference.yaml": (
         ("shared", "inference"),
         False,
-        "python -m monai.bundle run --config_file configs/inference.yaml --logging_file configs/logging.conf "
-        "--dataset_dir IN --output_dir OUT",
+        (
+            "python -m monai.bundle run --config_file configs/inference.yaml --logging_file configs/logging.conf",
+            "    --dataset_dir IN --output_dir OUT",
+        ),
     ),
     "configs/multi_gpu_train.yaml": (
         ("multi_gpu",),
         True,
-        "torchrun --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run --config_file "
-        "\"['configs/train.yaml','configs/multi_gpu_train.yaml']\" --logging_file configs/logging.conf "
-        "--dataset_dir DATA",
+        (
+            "torchrun --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run",
+            "    --config_file \"['configs/train.yaml','configs/multi_gpu_train.yaml']\"",
+            "    --logging_file configs/logging.conf --dataset_dir DATA",
+        ),
     ),
 }
 TABLE_COLUMNS = ("paper", "dataset", "loss", "network", "paper_result")
@@ -471,6 +479,14 @@ def _folded(text: str, indent: int) -> str:
     return folded
 
 
+def _fit_flow_style(converted: Any, value: Any, start: int) -> None:
+    """Write a flow mapping or list (``{a: 1}``) in block style when its line, starting at ``start``, is too long."""
+    if isinstance(converted, CommentedMap | CommentedSeq) and converted.fa.flow_style():
+        flow = yaml.safe_dump(_plain(value), default_flow_style=True, width=float("inf")).strip()
+        if start + len(flow) > LINE_WIDTH:
+            converted.fa.set_block_style()
+
+
 def _set_note(container: CommentedMap | CommentedSeq, key: Any, note: Note, column: int) -> None:
     if note.above:
         container.yaml_set_comment_before_after_key(key, before="\n".join(note.above), indent=column)
@@ -495,6 +511,7 @@ def to_commented(value: Any, column: int = 0, rank: Callable[[Any, Any], int] | 
             engine = rank is top_level_rank and key in ENGINE_SECTIONS
             result[key] = to_commented(value[key], column + INDENT, engine_rank if engine else None)
             note = value.notes.get(key, Note())
+            _fit_flow_style(result[key], value[key], column + len(str(key)) + 2)
             if isinstance(result[key], str):
                 start = column + len(str(key)) + 2
                 result[key] = _folded(result[key], start)
@@ -509,6 +526,7 @@ def to_commented(value: Any, column: int = 0, rank: Callable[[Any, Any], int] | 
         result = CommentedSeq()
         for index, item in enumerate(value):
             converted = to_commented(item, column + INDENT)
+            _fit_flow_style(converted, item, column + INDENT)
             result.append(_folded(converted, column + INDENT) if isinstance(converted, str) else converted)
             note = value.notes.get(index, Note())
             if isinstance(converted, CommentedMap) and converted and not item.flow and note.inline:
@@ -612,7 +630,8 @@ def bundle_files(spec_path: Path) -> tuple[dict[str, str], dict[str, str]]:
     files: dict[str, str] = {}
     for relative, (parts, merged_at_run_time, usage) in CONFIG_FILES.items():
         try:
-            files[relative] = dump_yaml(render_config(sections, parts, merged_at_run_time), header=usage)
+            config = render_config(sections, parts, merged_at_run_time)
+            files[relative] = dump_yaml(config, header=" \\\n".join(usage))
         except SpecError as error:
             raise SpecError(f"{spec_path}: {relative}: {error}") from error
     unknown = sorted(set(sections["metadata"]) - METADATA_KEYS)

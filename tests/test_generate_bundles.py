@@ -55,6 +55,13 @@ def test_no_generated_file_carries_a_generator_header():
             assert "generate_bundles.py" not in text and "do not edit" not in text.lower(), relative
 
 
+def test_generated_configs_fit_the_line_width_and_start_with_their_command():
+    for relative, text in GENERATOR["generate"]().items():
+        if relative.endswith(".yaml"):
+            assert max(len(line) for line in text.splitlines()) <= 120, relative
+            assert text.startswith(("# python -m monai.bundle run", "# torchrun")), relative
+
+
 def test_plus_key_appends_lists_updates_mappings_and_stays_when_nothing_is_there():
     merged = merge(
         "imports: ['$import os']\nnet: {a: 1, b: {c: 2}}\n",
