@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import runpy
 import shutil
 from collections.abc import Callable
@@ -227,3 +228,13 @@ def test_merge_and_id_markers_are_monais():
     from monai.bundle.utils import ID_SEP_KEY, MERGE_KEY
 
     assert (GENERATOR["MERGE_KEY"], GENERATOR["ID_SEP_KEY"]) == (MERGE_KEY, ID_SEP_KEY)
+
+
+@pytest.mark.parametrize("name", ALL_BUNDLES)
+def test_readme_commands_name_files_of_the_bundle_folder(name):
+    readme = (BUNDLES_DIR / name / "docs" / "README.md").read_text()
+    commands = readme.split("## MONAI Bundle Commands", 1)[1].split("## References", 1)[0]
+    named = set(re.findall(r"(?:configs|docs|models)/[\w.]+\.(?:yaml|conf|json|txt)", commands))
+    assert {"configs/train.yaml", "configs/evaluate.yaml", "configs/inference.yaml"} <= named
+    assert all((BUNDLES_DIR / name / path).is_file() for path in named), named
+    assert "scripts/" not in commands and "bundles/" not in commands
