@@ -330,6 +330,8 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any], source: str) -> Not
         note = update.notes.get(key, Note())
         name = key[len(MERGE_KEY) :] if isinstance(key, str) and key.startswith(MERGE_KEY) else None
         target = next((candidate for candidate in (name, key) if name and candidate in merged), None)
+        if isinstance(key, str) and key.endswith("+"):
+            raise SpecError(f"{source}: '{key}' is the old merge syntax; write '{MERGE_KEY}{key[:-1]}' (MONAI's)")
         if name and not isinstance(value, list | dict):
             raise SpecError(f"{source}: '{key}' must hold a list (appended) or a mapping (merged)")
         if target is not None:

@@ -79,6 +79,8 @@ def test_plus_key_appends_lists_updates_mappings_and_stays_when_nothing_is_there
         merge("imports: {a: 1}\n", "+imports: [b]\n")
     with pytest.raises(SpecError, match=r"piece.yaml: '\+epochs' must hold a list"):
         merge("epochs: 1\n", "+epochs: 2\n")
+    with pytest.raises(SpecError, match=r"piece.yaml: 'imports\+' is the old merge syntax; write '\+imports'"):
+        merge("imports: [a]\n", "imports+: [b]\n")
 
 
 def test_leftover_merge_keys_are_errors_where_nothing_merges_them():
