@@ -531,7 +531,7 @@ def to_commented(value: Any, column: int = 0, rank: Callable[[Any, Any], int] | 
             _fit_flow_style(converted, item, column + INDENT)
             result.append(_folded(converted, column + INDENT) if isinstance(converted, str) else converted)
             note = value.notes.get(index, Note())
-            if isinstance(converted, CommentedMap) and converted and not item.flow and note.inline:
+            if isinstance(converted, CommentedMap) and converted and not converted.fa.flow_style() and note.inline:
                 first = next(iter(converted))  # a comment ending "- key: value" describes the item
                 converted.yaml_add_eol_comment(f"# {note.inline}", first)
                 note = Note(note.above)
@@ -565,6 +565,28 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, str) else value
 
 
+def _inline_notes(value: Any) -> set[str]:
+    """The end-of-line comments of a config tree."""
+    notes = set()
+    if isinstance(value, NotedMapping | NotedList):
+        notes.update(note.inline for note in value.notes.values() if note.inline)
+    for item in value.values() if isinstance(value, dict) else value if isinstance(value, list) else ():
+        notes |= _inline_notes(item)
+    return notes
+
+
+def _two_spaces_before_comments(text: str, comments: set[str]) -> str:
+    """``text`` with two spaces before each of the end-of-line ``comments`` (ruamel sometimes writes one)."""
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        for comment in comments:
+            ending = f" # {comment}"
+            if line.endswith(ending) and not line.endswith(f" {ending}") and len(line) > len(ending):
+                lines[index] = f"{line[: -len(ending)]}  # {comment}"
+                break
+    return "\n".join(lines)
+
+
 def dump_yaml(content: NotedMapping, header: str = "", rank: Callable[[Any, Any], int] | None = top_level_rank) -> str:
     """YAML text of a config: keys in MONAI's reading order, notes as comments, checked by reading it back.
 
@@ -576,10 +598,11 @@ def dump_yaml(content: NotedMapping, header: str = "", rank: Callable[[Any, Any]
         tree.yaml_set_start_comment(header)
     stream = io.StringIO()
     _yaml_writer().dump(tree, stream)
-    # ruamel writes one space before some end-of-line comments; PyYAML reading the text back checks the change
-    text = re.sub(r"(?m)^(\s*[^#\n]*?\S) #(?= )", r"\1  #", stream.getvalue())
-    if yaml.safe_load(text) != _plain(content):
-        raise SpecError(f"the YAML written for {sorted(content)[:3]}... does not read back as the merged values")
+    text = _two_spaces_before_comments(stream.getvalue(), _inline_notes(content))
+    read_back, expected = yaml.safe_load(text), _plain(content)
+    if read_back != expected:
+        differing = sorted(key for key in {*read_back, *expected} if read_back.get(key) != expected.get(key))
+        raise SpecError(f"the YAML written for {differing} does not read back (with PyYAML) as the merged values")
     return text
 
 

@@ -240,3 +240,10 @@ def test_readme_commands_name_files_of_the_bundle_folder(name):
     assert {"configs/train.yaml", "configs/evaluate.yaml", "configs/inference.yaml"} <= named
     assert all((BUNDLES_DIR / name / path).is_file() for path in named), named
     assert "scripts/" not in commands and "bundles/" not in commands
+
+
+def test_comment_marks_inside_quoted_values_stay_values():
+    config = merge("ok: 1  # one\nkey: 'x # y'  # a comment\n", "{}\n")
+    text = GENERATOR["dump_yaml"](config)
+    assert "key: 'x # y'  # a comment" in text and "ok: 1  # one" in text
+    assert yaml.safe_load(text) == {"ok": 1, "key": "x # y"}
