@@ -1,21 +1,30 @@
-"""Convergence study of the RW paper (its Figure 5): N seeds x {RRW, RW-Boundary} trainings of a bundle.
+"""Convergence study of the RW paper (its Sec. 4.3): N seeds x the pairing bundles to compare, E epochs each.
 
-Every run is a ``python -m monai.bundle run`` subprocess of the bundle's ``configs/train.yaml`` with
-``--map_type``, ``--epochs``, ``--seed``, ``--dataset_dir`` and ``--bundle_root <study>/<map_type>/seed<k>``
-(checkpoints in ``models/``, the per-epoch validation table ``eval/validation_metrics.csv``, the log in
-``train.log``). Runs whose validation table already reaches the last epoch are reused, not retrained, so a study
-can be extended with more seeds. Afterwards the script writes, in the study folder:
+The paper trains 50 models for 50 epochs per loss (the defaults here); fewer seeds (e.g. ``--seeds 5``) give a
+quick look. The losses are compared through their pairing bundles, e.g. ``bundles/acdc17_rrw`` (RW loss on RRW
+maps) against ``bundles/acdc17_boundary`` (Dice + RW-Boundary): each bundle's ``configs/train.yaml`` names its loss.
+
+Every run is a ``python -m monai.bundle run`` subprocess of a bundle's ``configs/train.yaml`` with ``--epochs``,
+``--seed``, ``--dataset_dir`` and ``--bundle_root <study>/<bundle>/seed<k>`` (checkpoints in ``models/``, the
+per-epoch validation table ``eval/validation_metrics.csv``, the log in ``train.log``). Runs whose validation table
+already reaches the last epoch are reused, not retrained, so a study can be extended with more seeds. Afterwards
+the script writes, in the study folder:
 
 - ``final_dice.csv``: the final validation mean Dice of every run,
-- ``final_dice_ecdf.png``: its empirical CDF per map type (Figure 5),
+- ``final_dice_ecdf.png``: its empirical CDF per bundle (Figure 5),
 - ``validation_dice_curves.png``: validation mean Dice per epoch of every run,
 - with ``--diagnostic``: ``instability_curves.png``, the per-epoch fraction of voxels with more than one negative
-  RW-gradient component (``common.diagnostics.InstabilityDiagnosticHandler`` added to the trainer).
+  RW-gradient component (``common.diagnostics.InstabilityDiagnosticHandler`` added to the trainer; for bundles
+  whose training target holds a dense RW map).
+
+``--override KEY=VALUE`` passes a bundle setting to every run (``--override num_workers=0``). Values that start
+with ``$`` are Python expressions that MONAI evaluates when the run starts, so they are refused unless
+``--allow-expressions`` is given (a study command line should not run code by accident).
 
 Failed runs are reported at the end (exit status 1); the others still enter the figures.
 
-    python scripts/convergence_study.py --bundle bundles/acdc17_rrw --dataset-dir /data/ACDC/database \
-        --study-dir studies/acdc --seeds 10 --epochs 50 --diagnostic
+    python scripts/convergence_study.py --bundles bundles/acdc17_rrw bundles/acdc17_boundary \
+        --dataset-dir /data/ACDC/database --study-dir studies/acdc --diagnostic
 """
 
 from __future__ import annotations
@@ -41,15 +50,21 @@ DIAGNOSTIC_CONFIG = """\
 "+train#handlers":
   - _target_: common.diagnostics.InstabilityDiagnosticHandler
     filename: "$@output_dir + '/instability.csv'"
+    map_channels_from: "$1 if @target_key == 'target' else 0"  # a target of label + map, or the map alone
     overwrite: "@overwrite"
 """
+PAPER_SEEDS, PAPER_EPOCHS = 50, 50  # "We trained 50 models on ACDC17 dataset for 50 epochs" (RW paper, Sec. 4.3)
 
 
 @dataclass(frozen=True)
 class Run:
-    map_type: str
+    bundle: Path
     seed: int
     directory: Path
+
+    @property
+    def label(self) -> str:
+        return self.bundle.name
 
 
 def read_column(path: Path, column: str) -> tuple[list[int], list[float]]:
@@ -76,31 +91,47 @@ def is_complete(run: Run, epochs: int, metric: str) -> bool:
     return bool(recorded) and recorded[-1] >= epochs
 
 
-def training_command(args: argparse.Namespace, run: Run, config_files: list[str]) -> list[str]:
-    bundle = args.bundle.resolve()
+def parse_overrides(overrides: list[str], allow_expressions: bool) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` pairs; raises ValueError for a malformed pair or a ``$`` expression that is not allowed."""
+    pairs = []
+    for override in overrides:
+        key, separator, value = override.partition("=")
+        if not separator or not key.strip():
+            raise ValueError(f"--override expects KEY=VALUE, got {override!r}")
+        if value.lstrip().startswith("$") and not allow_expressions:
+            raise ValueError(
+                f"--override {override!r}: values starting with '$' are Python expressions that the runs would "
+                "execute; pass --allow-expressions to allow them"
+            )
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def training_command(args: argparse.Namespace, run: Run, extra_configs: list[str]) -> list[str]:
+    bundle = run.bundle.resolve()
+    config_files = [str(bundle / "configs" / "train.yaml"), *extra_configs]
     command = [sys.executable, "-m", "monai.bundle", "run"]
     command += ["--config_file", repr(config_files) if len(config_files) > 1 else config_files[0]]
     command += ["--logging_file", str(bundle / "configs" / "logging.conf")]
     command += ["--bundle_root", str(run.directory.resolve()), "--dataset_dir", str(args.dataset_dir.resolve())]
-    command += ["--map_type", run.map_type, "--epochs", str(args.epochs), "--seed", str(run.seed)]
+    command += ["--epochs", str(args.epochs), "--seed", str(run.seed)]
     command += ["--overwrite", str(args.overwrite)]  # "True"/"False": fire reads "false" as a (truthy) string
-    for override in args.override:
-        key, _, value = override.partition("=")
+    for key, value in args.overrides:
         command += [f"--{key}", value]
     return command
 
 
-def train(args: argparse.Namespace, run: Run, config_files: list[str]) -> str | None:
+def train(args: argparse.Namespace, run: Run, extra_configs: list[str]) -> str | None:
     """Train one run; returns an error message or None."""
     if run.directory.exists() and not args.overwrite:
         return f"{run.directory}: incomplete earlier run; pass --overwrite to train it again"
     run.directory.mkdir(parents=True, exist_ok=True)
-    command = training_command(args, run, config_files)
+    command = training_command(args, run, extra_configs)
     log_path = run.directory / "train.log"
     with open(log_path, "w", encoding="utf-8") as log:
         log.write(" ".join(command) + "\n")
         log.flush()
-        completed = subprocess.run(command, cwd=args.bundle, stdout=log, stderr=subprocess.STDOUT, check=False)
+        completed = subprocess.run(command, cwd=run.bundle, stdout=log, stderr=subprocess.STDOUT, check=False)
     if completed.returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
         return f"{run.directory}: training failed (exit {completed.returncode}), see {log_path}: " + " | ".join(tail)
@@ -125,7 +156,7 @@ def collect(runs: list[Run], metric: str, file: Path) -> tuple[dict[Run, tuple[l
 def write_figures(args: argparse.Namespace, runs: list[Run]) -> list[str]:
     curves, errors = collect(runs, args.metric, METRICS_FILE)
     rows = [
-        {"map_type": run.map_type, "seed": run.seed, "epochs": epochs[-1], f"final_{args.metric}": values[-1]}
+        {"bundle": run.label, "seed": run.seed, "epochs": epochs[-1], f"final_{args.metric}": values[-1]}
         for run, (epochs, values) in curves.items()
         if epochs
     ]
@@ -133,12 +164,12 @@ def write_figures(args: argparse.Namespace, runs: list[Run]) -> list[str]:
         return [*errors, "no completed run to plot"]
     write_rows_csv(rows, args.study_dir / "final_dice.csv", list(rows[0]), overwrite=True)
     finals = {
-        map_type: [row[f"final_{args.metric}"] for row in rows if row["map_type"] == map_type]
-        for map_type in args.map_types
+        bundle.name: [row[f"final_{args.metric}"] for row in rows if row["bundle"] == bundle.name]
+        for bundle in args.bundles
     }
     plot_ecdf(finals, args.study_dir / "final_dice_ecdf.png", xlabel=f"final {args.metric}", overwrite=True)
     plot_curves(
-        {f"{run.map_type} seed {run.seed}": curve for run, curve in curves.items()},
+        {f"{run.label} seed {run.seed}": curve for run, curve in curves.items()},
         args.study_dir / "validation_dice_curves.png",
         ylabel=args.metric,
         overwrite=True,
@@ -147,16 +178,16 @@ def write_figures(args: argparse.Namespace, runs: list[Run]) -> list[str]:
         fractions, diagnostic_errors = collect(runs, "multi_negative_fraction", DIAGNOSTIC_FILE)
         errors += diagnostic_errors
         plot_curves(
-            {f"{run.map_type} seed {run.seed}": curve for run, curve in fractions.items()},
+            {f"{run.label} seed {run.seed}": curve for run, curve in fractions.items()},
             args.study_dir / "instability_curves.png",
             ylabel="voxels with >1 negative gradient component",
             overwrite=True,
         )
-    for map_type, values in finals.items():
+    for label, values in finals.items():
         finite = [v for v in values if math.isfinite(v)]
         if finite:
             print(
-                f"{map_type}: final {args.metric} over {len(finite)} runs: min {min(finite):.4f}, "
+                f"{label}: final {args.metric} over {len(finite)} runs: min {min(finite):.4f}, "
                 f"median {statistics.median(finite):.4f}, max {max(finite):.4f}"
             )
     return errors
@@ -164,30 +195,46 @@ def write_figures(args: argparse.Namespace, runs: list[Run]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", type=Path, required=True, help="bundle folder holding configs/train.yaml")
+    parser.add_argument(
+        "--bundles", type=Path, nargs="+", required=True, help="pairing bundle folders to compare (configs/train.yaml)"
+    )
     parser.add_argument("--dataset-dir", type=Path, required=True, help="prepared data set (with datalist.json)")
     parser.add_argument("--study-dir", type=Path, required=True, help="folder of the runs and figures")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per map type")
-    parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--map-types", nargs="+", default=["rrw", "boundary"], help="values of the bundle's map_type")
+    parser.add_argument(
+        "--seeds", type=int, default=PAPER_SEEDS, help=f"seeds 0..N-1 per bundle (paper: {PAPER_SEEDS}; e.g. 5 to look)"
+    )
+    parser.add_argument("--epochs", type=int, default=PAPER_EPOCHS, help=f"epochs per run (paper: {PAPER_EPOCHS})")
     parser.add_argument("--metric", default="val_mean_dice", help="column of eval/validation_metrics.csv")
     parser.add_argument("--diagnostic", action="store_true", help="log the instability diagnostic while training")
     parser.add_argument(
-        "--override", action="append", default=[], metavar="KEY=VALUE", help="extra bundle override (repeat)"
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="bundle setting for every run (repeat); values starting with '$' need --allow-expressions",
+    )
+    parser.add_argument(
+        "--allow-expressions", action="store_true", help="allow --override values that are '$' Python expressions"
     )
     parser.add_argument("--plot-only", action="store_true", help="only rebuild the figures from existing runs")
     parser.add_argument("--dry-run", action="store_true", help="print the training commands and stop")
     parser.add_argument("--overwrite", action="store_true", help="retrain incomplete runs, replace the figures")
     args = parser.parse_args(argv)
 
-    if not (args.bundle / "configs" / "train.yaml").is_file():
-        parser.error(f"{args.bundle}: no configs/train.yaml")
-    for override in args.override:
-        if "=" not in override:
-            parser.error(f"--override expects KEY=VALUE, got {override!r}")
+    for bundle in args.bundles:
+        if not (bundle / "configs" / "train.yaml").is_file():
+            parser.error(f"{bundle}: no configs/train.yaml")
+    if len({bundle.resolve().name for bundle in args.bundles}) < len(args.bundles):
+        parser.error("--bundles: give each bundle once (runs are stored under the bundle's folder name)")
+    if args.seeds < 1 or args.epochs < 1:
+        parser.error("--seeds and --epochs must be at least 1")
+    try:
+        args.overrides = parse_overrides(args.override, args.allow_expressions)
+    except ValueError as error:
+        parser.error(str(error))
     runs = [
-        Run(map_type, seed, args.study_dir / map_type / f"seed{seed}")
-        for map_type in args.map_types
+        Run(bundle, seed, args.study_dir / bundle.resolve().name / f"seed{seed}")
+        for bundle in args.bundles
         for seed in range(args.seeds)
     ]
     outputs = ["final_dice.csv", "final_dice_ecdf.png", "validation_dice_curves.png", "instability_curves.png"]
@@ -198,25 +245,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    config_files = [str((args.bundle / "configs" / "train.yaml").resolve())]
+    extra_configs = []
     if args.diagnostic:
         diagnostic_config = args.study_dir / "instability_handler.yaml"
         if not args.dry_run:
             with atomic_output(diagnostic_config) as temporary:
                 temporary.write_text(DIAGNOSTIC_CONFIG, encoding="utf-8")
-        config_files.append(str(diagnostic_config.resolve()))
+        extra_configs.append(str(diagnostic_config.resolve()))
 
     failures = []
     if not args.plot_only:
         for index, run in enumerate(runs, start=1):
             if args.dry_run:
-                print(" ".join(training_command(args, run, config_files)))
+                print(" ".join(training_command(args, run, extra_configs)))
                 continue
             if is_complete(run, args.epochs, args.metric):
                 print(f"[{index}/{len(runs)}] {run.directory}: complete, reused")
                 continue
-            print(f"[{index}/{len(runs)}] training {run.map_type} seed {run.seed} ...", flush=True)
-            error = train(args, run, config_files)
+            print(f"[{index}/{len(runs)}] training {run.label} seed {run.seed} ...", flush=True)
+            error = train(args, run, extra_configs)
             if error:
                 failures.append(error)
     if args.dry_run:

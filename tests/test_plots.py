@@ -47,7 +47,8 @@ def test_diagnostic_overlay_and_shape_check(tmp_path):
 
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "acdc17_rrw"
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+RRW, BOUNDARY = BUNDLES / "acdc17_rrw", BUNDLES / "acdc17_boundary"
 
 
 def write_validation_table(run_dir: Path, dice: list[float]) -> None:
@@ -57,34 +58,56 @@ def write_validation_table(run_dir: Path, dice: list[float]) -> None:
 
 
 def test_convergence_study_plots_existing_runs_and_reports_failures(tmp_path, capsys):
-    if not (BUNDLE / "configs" / "train.yaml").is_file():
-        pytest.skip("ACDC bundle not present")
+    if not (RRW / "configs" / "train.yaml").is_file() or not (BOUNDARY / "configs" / "train.yaml").is_file():
+        pytest.skip("ACDC bundles not present")
     main = runpy.run_path(str(SCRIPTS / "convergence_study.py"))["main"]
     study = tmp_path / "study"
-    write_validation_table(study / "rrw" / "seed0", [0.3, 0.6, 0.8])
-    write_validation_table(study / "rrw" / "seed1", [0.2, 0.5, 0.7])
-    write_validation_table(study / "boundary" / "seed0", [0.3, 0.2, 0.1])
-    common = ["--bundle", str(BUNDLE), "--dataset-dir", str(tmp_path), "--study-dir", str(study), "--seeds", "2"]
+    write_validation_table(study / "acdc17_rrw" / "seed0", [0.3, 0.6, 0.8])
+    write_validation_table(study / "acdc17_rrw" / "seed1", [0.2, 0.5, 0.7])
+    write_validation_table(study / "acdc17_boundary" / "seed0", [0.3, 0.2, 0.1])
+    common = ["--bundles", str(RRW), str(BOUNDARY), "--dataset-dir", str(tmp_path), "--study-dir", str(study)]
+    common += ["--seeds", "2"]
     assert main([*common, "--epochs", "3", "--plot-only"]) == 0
     rows = list(csv.DictReader(open(study / "final_dice.csv")))
-    assert [(r["map_type"], r["seed"], float(r["final_val_mean_dice"])) for r in rows] == [
-        ("rrw", "0", 0.8),
-        ("rrw", "1", 0.7),
-        ("boundary", "0", 0.1),
+    assert [(r["bundle"], r["seed"], float(r["final_val_mean_dice"])) for r in rows] == [
+        ("acdc17_rrw", "0", 0.8),
+        ("acdc17_rrw", "1", 0.7),
+        ("acdc17_boundary", "0", 0.1),
     ]
     assert all(is_png(study / name) for name in ("final_dice_ecdf.png", "validation_dice_curves.png"))
-    assert "rrw: final val_mean_dice over 2 runs: min 0.7000, median 0.7500" in capsys.readouterr().out
+    assert "acdc17_rrw: final val_mean_dice over 2 runs: min 0.7000, median 0.7500" in capsys.readouterr().out
     # boundary seed 1 never ran: training is attempted only without --plot-only; --dry-run shows the command
     assert main([*common, "--epochs", "3", "--dry-run", "--override", "num_workers=0"]) == 0
     commands = capsys.readouterr().out.strip().splitlines()
     assert len(commands) == 4
-    assert "--map_type boundary --epochs 3 --seed 1 --overwrite False --num_workers 0" in commands[-1]
-    assert f"--bundle_root {(study / 'boundary' / 'seed1').resolve()}" in commands[-1]
+    assert f"--config_file {(BOUNDARY / 'configs' / 'train.yaml').resolve()}" in commands[-1]
+    assert "--epochs 3 --seed 1 --overwrite False --num_workers 0" in commands[-1]
+    assert f"--bundle_root {(study / 'acdc17_boundary' / 'seed1').resolve()}" in commands[-1]
     # figures exist: a second study run needs --overwrite
     assert main([*common, "--epochs", "3"]) == 2
     # an unreadable table is reported by name, the other runs are still plotted
-    (study / "boundary" / "seed1" / "eval").mkdir(parents=True)
-    (study / "boundary" / "seed1" / "eval" / "validation_metrics.csv").write_text("step,loss\n1,0.5\n")
+    (study / "acdc17_boundary" / "seed1" / "eval").mkdir(parents=True)
+    (study / "acdc17_boundary" / "seed1" / "eval" / "validation_metrics.csv").write_text("step,loss\n1,0.5\n")
     assert main([*common, "--epochs", "3", "--plot-only"]) == 1
     assert "seed1/eval/validation_metrics.csv: no 'epoch'" in capsys.readouterr().err
     assert len(list(csv.DictReader(open(study / "final_dice.csv")))) == 3
+
+
+def test_convergence_study_defaults_to_the_paper_and_refuses_expression_overrides(tmp_path, capsys):
+    main = runpy.run_path(str(SCRIPTS / "convergence_study.py"))["main"]
+    common = ["--bundles", str(RRW), "--dataset-dir", str(tmp_path), "--study-dir", str(tmp_path / "study")]
+    assert main([*common, "--dry-run"]) == 0
+    commands = capsys.readouterr().out.strip().splitlines()
+    assert len(commands) == 50 and all("--epochs 50 " in command for command in commands)  # 50 models x 50 epochs
+    expression = "learning_rate=$__import__('os').getcwd()"
+    with pytest.raises(SystemExit):
+        main([*common, "--dry-run", "--override", expression])
+    assert "pass --allow-expressions" in capsys.readouterr().err
+    assert main([*common, "--dry-run", "--seeds", "1", "--override", expression, "--allow-expressions"]) == 0
+    assert "--learning_rate $__import__('os').getcwd()" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*common, "--dry-run", "--override", "no_equals_sign"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "values starting with '$' need --allow-expressions" in " ".join(capsys.readouterr().out.split())
