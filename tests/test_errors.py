@@ -189,7 +189,7 @@ def finish(process: subprocess.Popen) -> tuple[int, str]:
 def test_bundle_runs_end_with_the_cause_of_a_user_error(tmp_path):
     models = tmp_path / "run" / "models"
     models.mkdir(parents=True)
-    (models / "model.pt").write_bytes(b"earlier weights")
+    (models / "checkpoint.pt").write_bytes(b"earlier training state")
     # both runs at once: each spends most of its time importing torch and MONAI
     existing = start_bundle("--bundle_root", str(tmp_path / "run"), "--dataset_dir", str(tmp_path / "data"))
     missing = start_bundle("--bundle_root", str(tmp_path / "fresh"), "--dataset_dir", str(tmp_path / "data"))
@@ -197,11 +197,11 @@ def test_bundle_runs_end_with_the_cause_of_a_user_error(tmp_path):
 
     assert existing_status == EXIT_USER_ERROR
     assert existing_err.splitlines()[-1] == (
-        f"error: {models / 'model.pt'}: already exists from an earlier run; pass --overwrite to replace it or "
+        f"error: {models / 'checkpoint.pt'}: already exists from an earlier run; pass --overwrite to replace it or "
         "choose another output location"
     )
     assert "Traceback" not in existing_err
-    assert (models / "model.pt").read_bytes() == b"earlier weights"
+    assert (models / "checkpoint.pt").read_bytes() == b"earlier training state"
 
     assert missing_status == EXIT_USER_ERROR
     assert missing_err.splitlines()[-1].startswith(f"error: {tmp_path / 'data' / 'datalist.json'}: datalist not")
