@@ -51,7 +51,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    suffix = path.name[-len(".nii.gz") :] if path.name.lower().endswith(".nii.gz") else path.suffix
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     try:
