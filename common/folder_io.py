@@ -44,6 +44,19 @@ def real_path(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(path))
 
 
+def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
+    """Open a NIfTI-1 or NIfTI-2 file lazily whatever the letter case of its extension.
+
+    ``nib.load`` looks for ``x.nii`` when given ``x.Nii``; a file map of the exact name avoids that, and the
+    compression follows the ``.gz`` extension in any case.
+    """
+    holder = nib.FileHolder(filename=os.fspath(path))
+    try:
+        return nib.Nifti1Image.from_file_map({"header": holder, "image": holder})
+    except nib.spatialimages.HeaderDataError:  # a NIfTI-2 header has another size
+        return nib.Nifti2Image.from_file_map({"header": holder, "image": holder})
+
+
 def as_path(value: Any, option: str) -> Path:
     """A folder option as a path; the command line turns ``--output_dir 2024`` into an int, which is a name too.
 
@@ -89,7 +102,7 @@ def mirrored_output_path(
 def is_own_segmentation(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a segmentation written by :func:`write_segmentation` (reads the header only)."""
     try:
-        header = nib.load(os.fspath(path)).header
+        header = load_nifti(path).header
         return bytes(header["descrip"].tobytes()).rstrip(b"\0") == SEGMENTATION_DESCRIPTION
     except Exception:  # anything unreadable is not one of ours
         return False
@@ -113,8 +126,10 @@ class FolderReport:
         """Counts, then one line per file found and not segmented, with its reason."""
         lines = [
             f"segmented {len(self.written)} file(s), kept {len(self.kept)} existing output(s), "
-            f"skipped {len(self.skipped)} file(s), {len(self.failures)} failure(s)"
+            f"{len(self.failures)} failure(s)"
         ]
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} file(s) that cannot be segmented:")
         if self.kept:
             lines.append("existing outputs were not replaced (pass --overwrite True to replace them):")
             lines += [f"KEPT {path}" for path in self.kept]
@@ -134,10 +149,8 @@ class FolderReport:
             raise SystemExit(1)
 
 
-def _skip_reason(path: Path) -> str | None:
-    """Why a directory entry named like a NIfTI file cannot be an input, or None when it can."""
-    if path.name.startswith("."):
-        return "hidden file (name starts with '.'), not segmented"
+def unusable_reason(path: Path) -> str | None:
+    """Why a (non-hidden) directory entry named like a NIfTI file cannot be read as one, or None when it can."""
     try:
         status = path.stat()
     except FileNotFoundError:
@@ -215,33 +228,38 @@ class FolderPlan:
                 path = folder_path / name
                 if not is_nifti(name):
                     continue
-                reason = _skip_reason(path)
-                if reason is None and real_path(path).is_relative_to(output_root) and is_own_segmentation(path):
-                    reason = "a segmentation written by folder inference into the output folder, not an input"
-                if reason is not None:
-                    self.report.skipped[path] = reason
+                if name.startswith("."):
+                    self.report.skipped[path] = "hidden file (name starts with '.'), not segmented"
+                elif (reason := unusable_reason(path)) is not None:
+                    self.report.fail(path, reason)
+                elif real_path(path).is_relative_to(output_root) and is_own_segmentation(path):
+                    self.report.skipped[path] = "a segmentation written by folder inference into the output folder"
                 else:
                     found.append(path)
         return sorted(found)
 
     def _plan(self, found: list[Path]) -> None:
         """Decide each input's output, refusing any that would replace an input or leave the output folder."""
-        protected = {real_path(path) for path in [*found, *self.report.skipped]}
+        protected = {real_path(path) for path in [*found, *self.report.skipped, *self.report.failures]}
         output_root = real_path(self.output_dir)
         planned: dict[Path, Path] = {}
         for path in found:
             output = mirrored_output_path(path, self.input_dir, self.output_dir, self.postfix)
             resolved = real_path(output)
             if resolved in protected:
-                self.report.skipped[path] = f"its output {output} would replace an input file; choose another output folder"
+                conflict = "would replace an input file; choose an output folder that holds no inputs"
             elif not resolved.is_relative_to(output_root):
-                self.report.skipped[path] = f"its output {output} leads outside the output folder (symbolic link)"
+                conflict = "leads outside the output folder (through a symbolic link)"
             elif resolved in planned:
-                self.report.skipped[path] = f"its output {output} is also the output of {planned[resolved]}"
+                conflict = f"is also the output of {planned[resolved]}"
             elif output.is_symlink():
-                self.report.skipped[path] = f"its output {output} is a symbolic link; not replaced"
+                conflict = "is a symbolic link; not replaced"
             elif output.exists() and not output.is_file():
-                self.report.skipped[path] = f"its output {output} exists and is not a file"
+                conflict = "exists and is not a file"
+            else:
+                conflict = None
+            if conflict is not None:
+                self.report.fail(path, f"its output {output} {conflict}")
             elif output.exists() and not self.overwrite:
                 self.report.kept.append(output)
             else:
@@ -269,7 +287,7 @@ def write_nifti_atomic(image: nib.Nifti1Image, path: str | os.PathLike, replace:
     path = Path(path)
     payload = image.to_bytes()
     if path.name.lower().endswith(".gz"):
-        payload = gzip.compress(payload, compresslevel=1)
+        payload = gzip.compress(payload, compresslevel=1, mtime=0)  # same labels, same bytes
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -303,7 +321,7 @@ def write_segmentation(
         ValueError: ``label`` does not fit the reference's spatial shape.
         OSError: the file cannot be written; the message names it.
     """
-    reference = nib.load(os.fspath(reference_path))
+    reference = load_nifti(reference_path)
     spatial_shape = tuple(reference.shape[:3])
     if label.shape != spatial_shape and label.size == int(np.prod(spatial_shape)):
         label = label.reshape(spatial_shape)  # only singleton axes differ: a 2D input handled as one slice
@@ -338,7 +356,7 @@ def discover_images(input_dir: str | os.PathLike, exclude: str | os.PathLike | N
     for folder, _, files in os.walk(input_dir):
         for name in files:
             path = Path(folder) / name
-            if not is_nifti(name) or _skip_reason(path) is not None:
+            if not is_nifti(name) or name.startswith(".") or unusable_reason(path) is not None:
                 continue
             if excluded is None or not real_path(path).is_relative_to(excluded):
                 found.append(path)

@@ -11,7 +11,7 @@ on; ``FolderReport.conclude`` prints the summary and exits with status 1 when a 
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,14 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.config import KeysCollection
-from monai.data import Dataset, MetaTensor
+from monai.data import Dataset, MetaTensor, NibabelReader
+from monai.data.utils import correct_nifti_header_if_necessary
 from monai.engines import SupervisedEvaluator
 from monai.transforms import MapTransform
+from monai.utils import ensure_tuple
 
 from common.checkpoint import read_network_state
-from common.folder_io import NIFTI_SUFFIXES, FolderReport, discover_images, write_segmentation
+from common.folder_io import NIFTI_SUFFIXES, FolderReport, discover_images, load_nifti, write_segmentation
 from common.inversion import count_non_finite
 
 __all__ = [  # discover_images and NIFTI_SUFFIXES are imported from here by scripts/evaluate_folder.py
@@ -36,6 +38,7 @@ __all__ = [  # discover_images and NIFTI_SUFFIXES are imported from here by scri
     "CheckFiniteIntensityd",
     "FolderEvaluator",
     "NetworkWeightsLoader",
+    "NiftiReader",
     "SegmentationWriter",
     "discover_images",
     "failure_reason",
@@ -83,7 +86,7 @@ class CheckInputFiled(MapTransform):
     def check(self, path: str | os.PathLike) -> None:
         """Raise a ValueError naming ``path`` when it does not suit the network."""
         try:
-            shape = tuple(nib.load(os.fspath(path)).shape)
+            shape = tuple(load_nifti(path).shape)
         except Exception as error:  # nibabel raises several unrelated types for corrupt files
             raise ValueError(f"{path}: cannot read as NIfTI ({type(error).__name__}: {error})") from error
         spatial = shape[:-1] if self.in_channels > 1 else shape
@@ -103,6 +106,16 @@ class CheckInputFiled(MapTransform):
         for key in self.key_iterator(d):
             self.check(d[key])
         return d
+
+
+class NiftiReader(NibabelReader):
+    """MONAI's nibabel reader that also opens mixed-case extensions (``.Nii``, ``.Nii.gz``), see ``load_nifti``."""
+
+    def read(self, data: Sequence[os.PathLike | str] | os.PathLike | str, **kwargs: Any) -> Any:
+        """Open each file lazily (``LoadImage`` then reads the array and meta data)."""
+        self.filenames = ensure_tuple(data)
+        images = [correct_nifti_header_if_necessary(load_nifti(name)) for name in self.filenames]
+        return images if len(images) > 1 else images[0]
 
 
 class AsVolumed(MapTransform):
@@ -134,8 +147,8 @@ class AsVolumed(MapTransform):
                 columns.insert(self.slice_axis, 2)  # the affine's third column belongs to the new axis
                 affine = image.affine.clone()
                 affine[:, :3] = image.affine[:, columns]
-                volume = MetaTensor(volume.as_tensor(), affine=affine, meta=image.meta)
-                volume.meta["spatial_shape"] = np.asarray(volume.shape[1:])
+                meta = {**image.meta, "affine": affine, "spatial_shape": np.asarray(volume.shape[1:])}
+                volume = MetaTensor(volume.as_tensor(), meta=meta)
             d[key] = volume
         return d
 
@@ -164,7 +177,7 @@ class CheckFiniteIntensityd(MapTransform):
     def origin(source: str | os.PathLike, nan: int, inf: int) -> str:
         """Whether the file holds the non-finite values or they appear when scaling, casting or normalising."""
         try:
-            stored = np.asanyarray(nib.load(os.fspath(source)).dataobj)
+            stored = np.asanyarray(load_nifti(source).dataobj)
         except Exception:  # not a file (e.g. in-memory data): say what was found
             return f"{nan} NaN and {inf} infinite intensities; fix or drop this image"
         if stored.dtype.kind in "fc" and not np.isfinite(stored).all():
