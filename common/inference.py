@@ -15,7 +15,6 @@ from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
@@ -75,7 +74,11 @@ class CheckInputFiled(MapTransform):
     """
 
     def __init__(
-        self, keys: KeysCollection, in_channels: int = 1, network_spatial_dims: int = 3, allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        in_channels: int = 1,
+        network_spatial_dims: int = 3,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if network_spatial_dims not in (2, 3):
@@ -102,6 +105,7 @@ class CheckInputFiled(MapTransform):
             raise ValueError(f"{path}: expected {expected}, got shape {shape}")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Check the file of each key; the data passes unchanged."""
         d = dict(data)
         for key in self.key_iterator(d):
             self.check(d[key])
@@ -136,6 +140,7 @@ class AsVolumed(MapTransform):
         self.slice_axis = slice_axis
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Add the slice axis to 2D images; volumes pass unchanged."""
         d = dict(data)
         for key in self.key_iterator(d):
             image = d[key]
@@ -165,6 +170,7 @@ class CheckFiniteIntensityd(MapTransform):
     """
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Raise on non-finite intensities; the data passes unchanged."""
         d = dict(data)
         for key in self.key_iterator(d):
             nan, inf = count_non_finite(torch.as_tensor(d[key]))
@@ -250,9 +256,11 @@ class SegmentationWriter:
         self.pred_key = pred_key
 
     def attach(self, engine: Engine) -> None:
+        """Write after every iteration."""
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
+        """Write the cases of the iteration that just finished, then release them."""
         batch, output = engine.state.batch or [], engine.state.output or []
         for case, result in zip(batch, output, strict=True):
             try:
@@ -284,11 +292,15 @@ class NetworkWeightsLoader:
         self.map_location = map_location
 
     def attach(self, engine: Engine) -> None:
+        """Load when the run starts."""
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine | None = None) -> None:
+        """Load the weights (see the class docstring for the errors)."""
         if not self.load_path.is_file():
-            raise FileNotFoundError(f"{self.load_path}: checkpoint not found; train the bundle first or pass --ckpt_path")
+            raise FileNotFoundError(
+                f"{self.load_path}: checkpoint not found; train the bundle first or pass --ckpt_path"
+            )
         state = read_network_state(self.load_path, self.map_location)
         try:
             self.network.load_state_dict(state)

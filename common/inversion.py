@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import InvertibleTransform, Invertd, MapTransform
+from monai.transforms import Invertd, InvertibleTransform, MapTransform
 
 
 def count_non_finite(tensor: torch.Tensor) -> tuple[int, int]:
@@ -92,6 +92,7 @@ class InvertedArgmaxd(MapTransform):
         return MetaTensor(best_label, meta=meta)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Replace the scores of each key by their labels on the input grid."""
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.labels(d[key], d)

@@ -28,7 +28,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 USUAL_POSTPROCESSING = [
     {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-    {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image", "nearest_interp": False},
+    {
+        "_target_": "Invertd",
+        "keys": "pred",
+        "transform": "@preprocessing",
+        "orig_keys": "image",
+        "nearest_interp": False,
+    },
     {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
 ]
 VARIANTS = {

@@ -23,6 +23,7 @@ from monai.transforms import (
     Spacingd,
 )
 
+from common import folder_io
 from common.folder_io import (
     FolderPlan,
     check_output_postfix,
@@ -129,10 +130,11 @@ def test_workflow_segments_a_folder_on_each_inputs_own_geometry(bundle_root, tmp
     assert "segmented 3 file(s)" in capsys.readouterr().out
 
 
-def test_bad_files_are_listed_with_their_reason_and_the_run_exits_1(bundle_root, tmp_path, capsys):
+def test_bad_files_are_listed_with_their_reason_and_the_run_exits_1(bundle_root, tmp_path, capsys, monkeypatch):
     inputs, outputs = tmp_path / "in", tmp_path / "out"
     good = image((16, 16, 3))
     save_nifti(good, LPS_AFFINE, inputs / "good.nii.gz")
+    save_nifti(good, LPS_AFFINE, inputs / "full_disk.nii.gz")
     (inputs / "corrupt.nii.gz").write_bytes(b"\x1f\x8b broken")
     (inputs / "truncated.nii.gz").write_bytes((inputs / "good.nii.gz").read_bytes()[:300])
     save_nifti(np.zeros((8, 8, 3, 2), np.float32), LPS_AFFINE, inputs / "cine_4d.nii.gz")
@@ -151,9 +153,19 @@ def test_bad_files_are_listed_with_their_reason_and_the_run_exits_1(bundle_root,
     os.mkfifo(inputs / "pipe.nii")
     (inputs / "linked_folder").symlink_to(tmp_path, target_is_directory=True)
 
+    original_mkstemp = folder_io.tempfile.mkstemp
+
+    def mkstemp_on_a_full_disk(*args, **kwargs):  # the temporary file of full_disk's output cannot be written
+        descriptor, name = original_mkstemp(*args, **kwargs)
+        if Path(name).name.startswith(".full_disk"):
+            os.close(descriptor)
+            descriptor = os.open("/dev/full", os.O_WRONLY)  # writes fail with ENOSPC
+        return descriptor, name
+
+    monkeypatch.setattr(folder_io.tempfile, "mkstemp", mkstemp_on_a_full_disk)
     assert segment(bundle_root, inputs, outputs) == 1
     summary = capsys.readouterr().out
-    assert "segmented 1 file(s), kept 0 existing output(s), 10 failure(s)" in summary
+    assert "segmented 1 file(s), kept 0 existing output(s), 11 failure(s)" in summary
     expected = {
         "FAILED": {
             "corrupt.nii.gz": "cannot read as NIfTI",
@@ -162,6 +174,7 @@ def test_bad_files_are_listed_with_their_reason_and_the_run_exits_1(bundle_root,
             "nan.nii.gz": "1 NaN and 0 infinite intensities in the file",
             "overflow.nii.gz": "intensities become non-finite after scaling, casting to float32 or normalising",
             "scale_factor.nii.gz": "intensities become non-finite after scaling",
+            "full_disk.nii.gz": f"{outputs / 'full_disk.nii.gz'}: cannot write the segmentation (No space left",
             "dangling.nii.gz": "dangling symbolic link",
             "loop.nii.gz": "cannot be opened",
             "empty.nii": "empty file",
@@ -256,7 +269,9 @@ def test_missing_or_mismatched_weights_stop_the_run(tmp_path):
 
 def test_mirrored_paths_keep_the_extension_as_written(tmp_path):
     source = tmp_path / "in" / "p1" / "scan.NII.GZ"
-    assert mirrored_output_path(source, tmp_path / "in", tmp_path / "out", "_seg") == tmp_path / "out/p1/scan_seg.NII.GZ"
+    assert (
+        mirrored_output_path(source, tmp_path / "in", tmp_path / "out", "_seg") == tmp_path / "out/p1/scan_seg.NII.GZ"
+    )
     assert mirrored_output_path(tmp_path / "in/x.Nii", tmp_path / "in", tmp_path / "o") == tmp_path / "o/x.Nii"
 
 
