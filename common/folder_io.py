@@ -182,7 +182,7 @@ class FolderPlan:
         report: the files left out so far (skipped, kept) and, filled later, what was written or failed.
 
     Raises:
-        NotADirectoryError: the input folder does not exist.
+        NotADirectoryError: the input folder does not exist, or the output folder is a file.
         ValueError: the output folder is the input folder, or a bad postfix.
         TypeError: ``overwrite`` is not a bool, or a folder option is not a path.
         FileNotFoundError: the input folder holds no NIfTI file at all.
@@ -203,6 +203,8 @@ class FolderPlan:
         self.postfix = check_output_postfix(self.postfix)
         if not self.input_dir.is_dir():
             raise NotADirectoryError(f"--dataset_dir {self.input_dir}: input folder does not exist or is not a folder")
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise NotADirectoryError(f"--output_dir {self.output_dir}: exists and is not a folder")
         if real_path(self.input_dir) == real_path(self.output_dir):
             raise ValueError(
                 f"--output_dir {self.output_dir}: is the input folder (--dataset_dir); choose another output folder"

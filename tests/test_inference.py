@@ -32,12 +32,13 @@ from common.folder_io import (
     mirrored_output_path,
     write_segmentation,
 )
-from common.inference import AsVolumed, CheckFiniteIntensityd, CheckInputFiled
+from common.inference import AsVolumed, CheckFiniteIntensityd, CheckInputFiled, FolderEvaluator
 from common.inversion import InvertedArgmaxd
 from common.synthetic import save_nifti
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-INFERENCE = REPO_ROOT / "bundles" / "acdc17_rrw" / "configs" / "inference.yaml"
+BUNDLES = REPO_ROOT / "bundles"
+INFERENCE = BUNDLES / "acdc17_rrw" / "configs" / "inference.yaml"
 TINY_NETWORK = {"patch_size": [64, 64], "filters": [4, 4, 8, 8, 8, 8], "sw_batch_size": 8}
 
 
@@ -249,6 +250,34 @@ def test_setup_errors_name_the_option(tmp_path):
     with pytest.raises(NotADirectoryError, match="--dataset_dir .*does not exist"):
         FolderPlan(tmp_path / "missing", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    save_nifti(image((4, 4, 2)), LPS_AFFINE, tmp_path / "in" / "a.nii.gz")
+    (tmp_path / "a_file").touch()
+    with pytest.raises(NotADirectoryError, match="--output_dir .*exists and is not a folder"):
+        FolderPlan(tmp_path / "in", tmp_path / "a_file")
+
+
+def distinct_inference_configs() -> list[str]:
+    """One bundle per distinct inference.yaml (pairing bundles share their parent's, apart from the header)."""
+    first: dict[str, str] = {}
+    for path in sorted(BUNDLES.glob("*/configs/inference.yaml")):
+        first.setdefault(path.read_text().split("\n", 1)[1], path.parent.parent.name)
+    return sorted(first.values())
+
+
+@pytest.mark.parametrize("name", distinct_inference_configs())
+def test_every_inference_config_is_a_complete_monai_inference_workflow(name, tmp_path):
+    save_nifti(image((4, 4, 2)), LPS_AFFINE, tmp_path / "in" / "a.nii.gz")
+    workflow = ConfigWorkflow(
+        config_file=str(BUNDLES / name / "configs" / "inference.yaml"),
+        workflow_type="infer",
+        dataset_dir=str(tmp_path / "in"),
+        output_dir=str(tmp_path / "out"),
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    assert isinstance(workflow.evaluator, FolderEvaluator) and len(workflow.dataset) == 1
+    network_dims = workflow.parser.get_parsed_content("network_def#spatial_dims", default=3)
+    assert workflow.parser.get_parsed_content("network_spatial_dims") == network_dims  # 2D inputs only for 2D nets
 
 
 def test_missing_or_mismatched_weights_stop_the_run(tmp_path):
