@@ -101,11 +101,14 @@ def test_workflow_segments_a_folder_on_each_inputs_own_geometry(bundle_root, tmp
     save_nifti(image((20, 18, 3), 1), oblique_affine(), inputs / "site/a/oblique.NII.GZ")
     save_nifti(image((20, 18), 2), np.diag([1.5, 1.5, 8.0, 1.0]), inputs / "site/b/flat2d.nii")
     (inputs / "site/b/flat2d.nii").rename(inputs / "site/b/flat2d.Nii")
+    nib.save(nib.as_closest_canonical(nib.load(inputs / "lps.nii.gz")), inputs / "ras.nii.gz")  # same image, RAS
     (inputs / "notes.txt").write_text("not an image")
     assert segment(bundle_root, inputs, outputs) == 0
     summary = capsys.readouterr().out
-    assert "segmented 3 file(s), kept 0 existing output(s), 0 failure(s)" in summary
-    for relative in ("lps.nii.gz", "site/a/oblique.NII.GZ", "site/b/flat2d.Nii"):
+    assert "segmented 4 file(s), kept 0 existing output(s), 0 failure(s)" in summary
+    # both storage orders reach the network as the same RAS volume: the same segmentation in world space
+    np.testing.assert_array_equal(read(outputs / "lps.nii.gz")[::-1, ::-1], read(outputs / "ras.nii.gz"))
+    for relative in ("lps.nii.gz", "ras.nii.gz", "site/a/oblique.NII.GZ", "site/b/flat2d.Nii"):
         source, result = load_nifti(inputs / relative), load_nifti(outputs / relative)
         assert result.shape == source.shape, relative
         np.testing.assert_allclose(result.affine, source.affine, atol=1e-6)
@@ -113,7 +116,7 @@ def test_workflow_segments_a_folder_on_each_inputs_own_geometry(bundle_root, tmp
         assert result.header.get_data_dtype() == np.uint8 and set(np.unique(read(outputs / relative))) <= {0, 1, 2, 3}
         assert is_own_segmentation(outputs / relative)
     assert sorted(path.name for path in outputs.rglob("*") if path.is_file()) == [
-        "flat2d.Nii", "lps.nii.gz", "oblique.NII.GZ"
+        "flat2d.Nii", "lps.nii.gz", "oblique.NII.GZ", "ras.nii.gz"
     ]  # fmt: skip
     mode = stat.S_IMODE((outputs / "lps.nii.gz").stat().st_mode)
     umask = os.umask(0)
@@ -124,11 +127,11 @@ def test_workflow_segments_a_folder_on_each_inputs_own_geometry(bundle_root, tmp
     (outputs / "lps.nii.gz").write_bytes(b"an earlier result")
     assert segment(bundle_root, inputs, outputs) == 0
     summary = capsys.readouterr().out
-    assert "segmented 0 file(s), kept 3 existing output(s), 0 failure(s)" in summary and "--overwrite True" in summary
+    assert "segmented 0 file(s), kept 4 existing output(s), 0 failure(s)" in summary and "--overwrite True" in summary
     assert (outputs / "lps.nii.gz").read_bytes() == b"an earlier result"
     assert segment(bundle_root, inputs, outputs, overwrite=True) == 0
     assert (outputs / "lps.nii.gz").read_bytes() == first  # deterministic
-    assert "segmented 3 file(s)" in capsys.readouterr().out
+    assert "segmented 4 file(s)" in capsys.readouterr().out
 
 
 def test_bad_files_are_listed_with_their_reason_and_the_run_exits_1(bundle_root, tmp_path, capsys, monkeypatch):
