@@ -52,9 +52,8 @@ def failure_reason(error: BaseException, path: str | os.PathLike) -> str:
     while error.__cause__ is not None and (isinstance(error, RuntimeError) or not str(error)):
         error = error.__cause__
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    for prefix in (f"{path}: ", f"{os.fspath(path)}: "):
-        if message.startswith(prefix):
-            return message.removeprefix(prefix)
+    if message.startswith(f"{os.fspath(path)}: "):
+        return message.removeprefix(f"{os.fspath(path)}: ")
     if isinstance(error, ValueError | FileNotFoundError | FileExistsError | OSError) and message:
         return message
     return f"{type(error).__name__}: {message}"
