@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -218,6 +221,20 @@ def test_an_input_file_is_never_written(bundle_root, tmp_path, capsys):
     with pytest.raises(RuntimeError) as error_info:
         segment(bundle_root, inputs, inputs, overwrite=True)
     assert "is the input folder" in str(error_info.value.__cause__)
+
+
+def test_command_line_run_exits_1_on_a_failed_case_and_takes_a_numeric_output_dir(bundle_root, tmp_path):
+    save_nifti(image((16, 16, 3)), LPS_AFFINE, tmp_path / "in" / "good.nii.gz")
+    (tmp_path / "in" / "bad.nii").write_bytes(b"not a NIfTI file")
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(INFERENCE), "--dataset_dir", "in",
+        "--output_dir", "2024", "--bundle_root", str(bundle_root), "--progress", "False",
+        *[item for key, value in TINY_NETWORK.items() for item in (f"--{key}", json.dumps(value))],
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert f"FAILED {Path('in') / 'bad.nii'}: cannot read as NIfTI" in result.stdout
+    assert load_nifti(tmp_path / "2024" / "good.nii.gz").shape == (16, 16, 3)
 
 
 def test_outputs_never_leave_the_output_folder(tmp_path, monkeypatch):
