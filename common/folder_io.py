@@ -194,6 +194,7 @@ class FolderPlan:
     overwrite: bool = False
     cases: list[dict[str, str]] = field(init=False, default_factory=list)
     report: FolderReport = field(init=False, default_factory=FolderReport)
+    _protected: set[Path] = field(init=False, repr=False, default_factory=set)  # real paths of the user's files
 
     def __post_init__(self) -> None:
         if not isinstance(self.overwrite, bool):
@@ -210,14 +211,17 @@ class FolderPlan:
                 f"--output_dir {self.output_dir}: is the input folder (--dataset_dir); choose another output folder"
             )
         found = self._discover()
-        if not found and not self.report.skipped:
+        if not (found or self.report.skipped or self.report.failures):
             raise FileNotFoundError(
                 f"--dataset_dir {self.input_dir}: no .nii or .nii.gz files found (searched recursively)"
             )
         self._plan(found)
 
     def _discover(self) -> list[Path]:
-        """Every usable NIfTI input, sorted; the unusable ones go to the report with their reason."""
+        """Every usable NIfTI input, sorted; the unusable ones go to the report with their reason.
+
+        Every user file named like a NIfTI file (usable or not) is also recorded as protected from writing.
+        """
         output_root = real_path(self.output_dir)
         found = []
         for folder, subfolders, files in os.walk(self.input_dir, followlinks=False):
@@ -230,25 +234,26 @@ class FolderPlan:
                 path = folder_path / name
                 if not is_nifti(name):
                     continue
+                if real_path(path).is_relative_to(output_root) and is_own_segmentation(path):
+                    self.report.skipped[path] = "a segmentation written by folder inference into the output folder"
+                    continue
+                self._protected.add(real_path(path))
                 if name.startswith("."):
                     self.report.skipped[path] = "hidden file (name starts with '.'), not segmented"
                 elif (reason := unusable_reason(path)) is not None:
                     self.report.fail(path, reason)
-                elif real_path(path).is_relative_to(output_root) and is_own_segmentation(path):
-                    self.report.skipped[path] = "a segmentation written by folder inference into the output folder"
                 else:
                     found.append(path)
         return sorted(found)
 
     def _plan(self, found: list[Path]) -> None:
         """Decide each input's output, refusing any that would replace an input or leave the output folder."""
-        protected = {real_path(path) for path in [*found, *self.report.skipped, *self.report.failures]}
         output_root = real_path(self.output_dir)
         planned: dict[Path, Path] = {}
         for path in found:
             output = mirrored_output_path(path, self.input_dir, self.output_dir, self.postfix)
             resolved = real_path(output)
-            if resolved in protected:
+            if resolved in self._protected:
                 conflict = "would replace an input file; choose an output folder that holds no inputs"
             elif not resolved.is_relative_to(output_root):
                 conflict = "leads outside the output folder (through a symbolic link)"

@@ -216,6 +216,9 @@ def test_an_input_file_is_never_written(bundle_root, tmp_path, capsys):
     assert segment(bundle_root, inputs, inputs / "seg") == 1  # the earlier outputs are recognised, not inputs
     summary = capsys.readouterr().out
     assert f"SKIPPED {inputs / 'seg/link.nii.gz'}: a segmentation written by folder inference" in summary
+    assert f"KEPT {inputs / 'seg/seg/a.nii.gz'}" in summary and f"KEPT {inputs / 'seg/link.nii.gz'}" in summary
+    assert segment(bundle_root, inputs, inputs / "seg", overwrite=True) == 1  # its own outputs may be replaced
+    assert "segmented 3 file(s), kept 0 existing output(s), 1 failure(s)" in capsys.readouterr().out
     assert all(path.read_bytes() == content for path, content in before.items())
 
     with pytest.raises(RuntimeError) as error_info:
