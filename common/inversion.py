@@ -65,19 +65,34 @@ class InvertedArgmaxd(MapTransform):
     def _invert(self, scores: torch.Tensor, data: Mapping[Hashable, Any]) -> MetaTensor:
         return self.inverter({"scores": MetaTensor(scores), self.orig_keys: data[self.orig_keys]})["scores"]
 
+    def _chunks(self, scores: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+        """Views of ``channels_per_step`` channels with the index of their first channel."""
+        return [
+            (start, scores[start : start + self.channels_per_step])
+            for start in range(0, len(scores), self.channels_per_step)
+        ]
+
+    def _log_total(self, scores: torch.Tensor) -> torch.Tensor:
+        """``logsumexp`` over the channels, without a temporary as large as ``scores``."""
+        maximum = scores.amax(0, keepdim=True)
+        total = torch.zeros_like(maximum)
+        for _, chunk in self._chunks(scores):
+            total += torch.exp(chunk - maximum).sum(0, keepdim=True)
+        return maximum + torch.log(total)
+
     def labels(self, scores: torch.Tensor, data: Mapping[Hashable, Any]) -> MetaTensor:
         """Labels ``(1, *input grid)`` for the scores ``(C, *network grid)`` of the image in ``data``."""
-        nan, inf = count_non_finite(scores)
+        scores = scores.as_tensor() if isinstance(scores, MetaTensor) else scores
+        counts = [count_non_finite(chunk) for _, chunk in self._chunks(scores)]
+        nan, inf = sum(count[0] for count in counts), sum(count[1] for count in counts)
         if nan or inf:
             source = getattr(data[self.orig_keys], "meta", {}).get("filename_or_obj", "the image")
             raise ValueError(f"{source}: the network output holds {nan} NaN and {inf} infinite values")
-        scores = scores.as_tensor() if isinstance(scores, MetaTensor) else scores
         if self.argmax_first:
             return self._invert(scores.argmax(0, keepdim=True).to(torch.float32), data).round().to(torch.int16)
-        log_total = torch.logsumexp(scores, 0, keepdim=True) if self.softmax else None
+        log_total = self._log_total(scores) if self.softmax else None
         best_value, best_label, meta = None, None, {}
-        for start in range(0, scores.shape[0], self.channels_per_step):
-            chunk = scores[start : start + self.channels_per_step]
+        for start, chunk in self._chunks(scores):
             inverted = self._invert(torch.exp(chunk - log_total) if self.softmax else chunk, data)
             meta = meta or dict(inverted.meta)  # holds the affine of the input grid
             value, label = inverted.as_tensor().max(0, keepdim=True)
