@@ -157,7 +157,7 @@ def _plain(value: Any) -> Any:
 def _load_weights_only(path: Path, map_location: Any) -> Any:
     """``torch.load(weights_only=True)`` of ``path``; unreadable or foreign files raise a ValueError naming it."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+        raise FileNotFoundError(f"{path}: checkpoint not found; train the bundle first or pass --ckpt_path")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for foreign, truncated or malicious files

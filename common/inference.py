@@ -1,309 +1,270 @@
-"""Batch inference on a folder of NIfTI volumes, shared by the bundles' ``inference.yaml``.
+"""Folder inference as a standard MONAI inference workflow (the pieces the bundles' ``inference.yaml`` builds).
 
-Every ``.nii``/``.nii.gz`` under the input folder is segmented and written, as a label map on the input's own
-grid (same shape, affine and header geometry), to the same relative path under the output folder. Outputs
-that exist are kept unless ``overwrite`` is set, files are written atomically, and a file that cannot be read
-or segmented is recorded and skipped; a summary at the end lists what failed and why.
-
-A bundle config supplies the MONAI parts (network, preprocessing, inferer, postprocessing with ``Invertd``)
-through :class:`VolumeSegmenter` and calls :func:`run_folder_segmentation` from its ``run`` section.
+``inference.yaml`` plans the folder (:class:`common.folder_io.FolderPlan`: every NIfTI file under ``dataset_dir``
+and its mirrored output under ``output_dir``), wraps the cases in a :class:`CaseDataset`, and runs a
+:class:`FolderEvaluator` (a ``SupervisedEvaluator``) whose postprocessing brings the labels back to each input's
+grid (:class:`common.inversion.InvertedArgmaxd`) and whose :class:`SegmentationWriter` handler writes them. A case
+that fails anywhere (reading, checks, network, inversion, writing) is recorded with its reason and the run goes
+on; ``FolderReport.conclude`` prints the summary and exits with status 1 when a case failed.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
-from tqdm import tqdm
+from ignite.engine import Engine, Events
+from monai.config import KeysCollection
+from monai.data import Dataset, MetaTensor, NibabelReader
+from monai.data.utils import correct_nifti_header_if_necessary
+from monai.engines import SupervisedEvaluator
+from monai.transforms import MapTransform
+from monai.utils import ensure_tuple
 
-from common.checkpoint import read_network_state
-from common.data import atomic_output, load_volume
+from common.folder_io import NIFTI_SUFFIXES, FolderReport, discover_images, load_nifti, write_segmentation
+from common.inversion import count_non_finite
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+__all__ = [  # discover_images and NIFTI_SUFFIXES are imported from here by scripts/evaluate_folder.py
+    "NIFTI_SUFFIXES",
+    "AsVolumed",
+    "CaseDataset",
+    "CheckInputFiled",
+    "CheckFiniteIntensityd",
+    "FolderEvaluator",
+    "NiftiReader",
+    "SegmentationWriter",
+    "discover_images",
+    "failure_reason",
+]
 
 
-def is_nifti(path: Path) -> bool:
-    """Whether ``path`` names a NIfTI file (``.nii`` or ``.nii.gz``, any case)."""
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
+def failure_reason(error: BaseException, path: str | os.PathLike) -> str:
+    """One line for the summary: the innermost cause of ``error`` (MONAI wraps transform errors in RuntimeErrors).
+
+    The file name is dropped when the message starts with it (the summary line names the file already).
+    """
+    while error.__cause__ is not None and (isinstance(error, RuntimeError) or not str(error)):
+        error = error.__cause__
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if message.startswith(f"{os.fspath(path)}: "):
+        return message.removeprefix(f"{os.fspath(path)}: ")
+    if isinstance(error, ValueError | FileNotFoundError | FileExistsError | OSError) and message:
+        return message
+    return f"{type(error).__name__}: {message}"
 
 
-def discover_images(input_dir: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
-    """List the NIfTI files under ``input_dir`` recursively, sorted, skipping hidden files and ``exclude``.
+class CheckInputFiled(MapTransform):
+    """Before loading: check from the NIfTI header alone that the file at ``data[key]`` suits the network.
 
     Args:
-        input_dir: folder to search.
-        exclude: a folder whose contents are ignored (the output folder when it lies inside the input).
-
-    Returns:
-        The files found.
-
-    Raises:
-        NotADirectoryError: ``input_dir`` is not a folder.
-    """
-    input_dir = Path(input_dir)
-    if not input_dir.is_dir():
-        raise NotADirectoryError(f"{input_dir}: input folder does not exist or is not a folder")
-    excluded = Path(exclude).resolve() if exclude is not None else None
-    found = []
-    for path in sorted(input_dir.rglob("*")):
-        if not path.is_file() or not is_nifti(path) or path.name.startswith("."):
-            continue
-        if excluded is not None and path.resolve().is_relative_to(excluded):
-            continue
-        found.append(path)
-    return found
-
-
-def mirrored_output_path(
-    image_path: Path, input_dir: str | os.PathLike, output_dir: str | os.PathLike, postfix: str = ""
-) -> Path:
-    """Map ``input_dir/a/b/name.nii.gz`` to ``output_dir/a/b/name{postfix}.nii.gz``."""
-    relative = image_path.relative_to(input_dir)
-    suffix = next(s for s in (".nii.gz", ".nii") if relative.name.lower().endswith(s))
-    stem = relative.name[: -len(suffix)]
-    return Path(output_dir) / relative.parent / f"{stem}{postfix}{relative.name[-len(suffix) :]}"
-
-
-def check_finite(array: np.ndarray, path: str | os.PathLike) -> None:
-    """Refuse an image with NaN or infinite intensities (they would silently spoil the normalisation).
+        keys: keys holding file paths.
+        in_channels: network input channels; more than 1 takes 4D files with the channels along the last axis.
+        network_spatial_dims: 2 for a slice-wise network, which also takes 2D images (segmented as one slice),
+            3 for a volumetric network, which takes 3D volumes only.
 
     Raises:
-        ValueError: naming ``path`` and the number of bad values.
-    """
-    if array.dtype.kind in "fc" and not np.isfinite(array).all():
-        nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
-        raise ValueError(f"{path}: {nan} NaN and {inf} infinite intensities; fix or drop this image")
-
-
-def check_input_volume(path: str | os.PathLike, in_channels: int = 1) -> None:
-    """Check that a file to segment holds what the network takes, with finite intensities.
-
-    Args:
-        path: NIfTI file.
-        in_channels: channels of the network: 1 takes 3D volumes, more take 4D files with the channels (e.g. the
-            MR modalities of BraTS) along the last axis.
-
-    Raises:
-        ValueError: naming the file: unreadable, wrong number of dimensions or channels, NaN or infinite values.
-    """
-    array = load_volume(path, spatial_dims=3 if in_channels == 1 else 4)[0]
-    if in_channels > 1 and array.shape[-1] != in_channels:
-        raise ValueError(f"{path}: expected {in_channels} channels along the last axis, got shape {array.shape}")
-    check_finite(array, path)
-
-
-def save_label_like(label: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathLike) -> Path:
-    """Write a label map atomically with the geometry (affine, qform/sform, units) of ``reference``.
-
-    Args:
-        label: integer labels on the reference grid.
-        reference: the input image the labels belong to.
-        path: destination file.
-
-    Returns:
-        The destination path.
-
-    Raises:
-        ValueError: ``label`` does not have the reference's shape.
-        OSError: the file cannot be written (e.g. a full disk); the message names it, no partial file is left.
-    """
-    if tuple(label.shape) != tuple(reference.shape[:3]):
-        raise ValueError(f"segmentation shape {label.shape} differs from the input's {reference.shape[:3]}")
-    dtype = np.uint8 if label.max(initial=0) < 256 else np.uint16
-    header = reference.header.copy()
-    header.set_data_dtype(dtype)
-    output = nib.Nifti1Image(label.astype(dtype), reference.affine, header)
-    output.header.set_slope_inter(1.0, 0.0)
-    output.header["descrip"] = b"segmentation"
-    try:
-        with atomic_output(path) as tmp_path:
-            nib.save(output, tmp_path)
-    except OSError as error:  # full disk, lost permissions: name the output (the summary names the input)
-        raise OSError(error.errno, f"{path}: cannot write the segmentation ({error.strerror or error})") from error
-    return Path(path)
-
-
-class VolumeSegmenter:
-    """Segment one volume file with MONAI parts; returns labels on the file's own grid.
-
-    Args:
-        network: the segmentation network.
-        preprocessing: dictionary transform that loads ``{image_key: path}`` (``LoadImaged`` first).
-        inferer: MONAI inferer, e.g. ``SliceInferer`` for a 2D network on 3D volumes.
-        postprocessing: dictionary transform on ``{pred_key: logits, image_key: image}`` that inverts the
-            preprocessing (``Invertd``) and takes the argmax, leaving a ``(1, *spatial)`` label.
-        device: where the network runs.
-        image_key: key of the image.
-        pred_key: key of the prediction.
+        ValueError: naming the file: unreadable header, or a number of dimensions or channels the network cannot take.
     """
 
     def __init__(
         self,
-        network: torch.nn.Module,
-        preprocessing: Callable[[dict[str, Any]], dict[str, Any]],
-        inferer: Callable[..., torch.Tensor],
-        postprocessing: Callable[[dict[str, Any]], dict[str, Any]],
-        device: str | torch.device = "cpu",
-        image_key: str = "image",
-        pred_key: str = "pred",
+        keys: KeysCollection,
+        in_channels: int = 1,
+        network_spatial_dims: int = 3,
+        allow_missing_keys: bool = False,
     ) -> None:
-        self.network = network.to(device)
-        self.preprocessing = preprocessing
-        self.inferer = inferer
-        self.postprocessing = postprocessing
-        self.device = torch.device(device)
-        self.image_key = image_key
-        self.pred_key = pred_key
+        super().__init__(keys, allow_missing_keys)
+        if network_spatial_dims not in (2, 3):
+            raise ValueError(f"network_spatial_dims must be 2 or 3, got {network_spatial_dims}")
+        self.in_channels = in_channels
+        self.network_spatial_dims = network_spatial_dims
 
-    def load_weights(self, checkpoint: str | os.PathLike) -> None:
-        """Load the weights saved by the training (see :func:`common.checkpoint.read_network_state`).
-
-        Raises:
-            FileNotFoundError: the checkpoint does not exist.
-            ValueError: the file is not a checkpoint, or not one of this network.
-        """
-        checkpoint = Path(checkpoint)
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"{checkpoint}: checkpoint not found; train the bundle first or pass --ckpt_path")
-        state = read_network_state(checkpoint, self.device)
-        known = self.network.state_dict()  # training-only deep supervision heads are not part of inference
-        state = {key: value for key, value in state.items() if key in known or "deep_supervision_heads." not in key}
+    def check(self, path: str | os.PathLike) -> None:
+        """Raise a ValueError naming ``path`` when it does not suit the network."""
         try:
-            self.network.load_state_dict(state)
-        except RuntimeError as error:
-            first_line = str(error).strip().splitlines()[0]
+            shape = tuple(load_nifti(path).shape)
+        except Exception as error:  # nibabel raises several unrelated types for corrupt files
+            raise ValueError(f"{path}: cannot read as NIfTI ({type(error).__name__}: {error})") from error
+        spatial = shape[:-1] if self.in_channels > 1 else shape
+        if self.in_channels > 1 and (len(shape) != 4 or shape[-1] != self.in_channels):
             raise ValueError(
-                f"{checkpoint}: does not fit this network ({first_line}); the network settings (filters, "
-                "num_classes, ...) must be those of the training run"
-            ) from error
+                f"{path}: expected a 4D volume with {self.in_channels} channels along the last axis, got shape {shape}"
+            )
+        if len(spatial) == 2 and self.network_spatial_dims == 3:
+            raise ValueError(f"{path}: 2D image of shape {shape}, but this bundle's network is 3D; give 3D volumes")
+        allowed = (2, 3) if self.network_spatial_dims == 2 else (3,)
+        if len(spatial) not in allowed:
+            expected = "a 3D volume or a 2D image" if self.network_spatial_dims == 2 else "a 3D volume"
+            raise ValueError(f"{path}: expected {expected}, got shape {shape}")
 
-    @torch.no_grad()
-    def __call__(self, path: str | os.PathLike) -> np.ndarray:
-        """Segment the file at ``path`` and return the labels as an array of the file's spatial shape."""
-        self.network.eval()
-        data = self.preprocessing({self.image_key: os.fspath(path)})
-        image = data[self.image_key].to(self.device)
-        data[self.pred_key] = self.inferer(image[None], self.network)[0]
-        data = self.postprocessing(data)
-        return data[self.pred_key][0].detach().cpu().numpy()
-
-
-@dataclass
-class FolderReport:
-    """What a folder segmentation did with each input file."""
-
-    written: list[Path] = field(default_factory=list)
-    kept: list[Path] = field(default_factory=list)
-    failures: dict[Path, str] = field(default_factory=dict)
-
-    def summary(self) -> str:
-        """Human-readable summary with one line per failed file."""
-        lines = [
-            f"segmented {len(self.written)} file(s), kept {len(self.kept)} existing output(s), "
-            f"{len(self.failures)} failure(s)"
-        ]
-        if self.kept:
-            lines.append("existing outputs were not replaced (pass --overwrite True to replace them)")
-        lines += [f"FAILED {path}: {reason}" for path, reason in self.failures.items()]
-        return "\n".join(lines)
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Check the file of each key; the data passes unchanged."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            self.check(d[key])
+        return d
 
 
-def _failure_reason(error: Exception, path: Path) -> str:
-    """The error message without a leading file name (the summary prints it), else prefixed by the error type."""
-    message = str(error)
-    if message.startswith(f"{path}: "):
-        return message.removeprefix(f"{path}: ")
-    return f"{type(error).__name__}: {message}"
+class NiftiReader(NibabelReader):
+    """MONAI's nibabel reader that also opens mixed-case extensions (``.Nii``, ``.Nii.gz``), see ``load_nifti``."""
+
+    def read(self, data: Sequence[os.PathLike | str] | os.PathLike | str, **kwargs: Any) -> Any:
+        """Open each file lazily (``LoadImage`` then reads the array and meta data)."""
+        self.filenames = ensure_tuple(data)
+        images = [correct_nifti_header_if_necessary(load_nifti(name)) for name in self.filenames]
+        return images if len(images) > 1 else images[0]
 
 
-def segment_folder(
-    input_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    segmenter: Callable[[Path], np.ndarray],
-    overwrite: bool = False,
-    postfix: str = "",
-    progress: bool = True,
-    in_channels: int = 1,
-) -> FolderReport:
-    """Segment every NIfTI file under ``input_dir`` into the mirrored path under ``output_dir``.
+class AsVolumed(MapTransform):
+    """Make a channel-first 2D image ``(C, H, W)`` a one-slice volume for slice-wise networks (3D data passes).
+
+    The slice axis is inserted at ``slice_axis`` and the affine's columns follow, so the volume keeps the image's
+    world geometry; the written segmentation drops the singleton axis again.
 
     Args:
-        input_dir: folder searched recursively.
-        output_dir: root of the outputs, not ``input_dir`` itself; may lie inside it (it is then not searched).
-        segmenter: maps a file path to labels on the file's grid, e.g. a :class:`VolumeSegmenter`.
-        overwrite: replace existing outputs; otherwise they are kept and counted.
-        postfix: appended to each output file's stem (``name{postfix}.nii.gz``).
-        progress: show a progress bar.
-        in_channels: channels of the network; multi-channel inputs are 4D files with the channels last, and the
-            segmentation is written on their 3D grid.
+        keys: keys of channel-first images.
+        slice_axis: spatial axis along which the network slices the volumes.
+    """
 
-    Returns:
-        The report; a file that fails (unreadable, wrong dimensions or channels, NaN or infinite intensities, an
-        output that cannot be written, e.g. on a full disk) is recorded with the reason and the run goes on.
+    def __init__(self, keys: KeysCollection, slice_axis: int = 2, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if slice_axis not in (0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
+        self.slice_axis = slice_axis
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Add the slice axis to 2D images; volumes pass unchanged."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            if image.ndim != 3:
+                continue
+            volume = image.unsqueeze(self.slice_axis + 1)
+            if isinstance(image, MetaTensor):
+                columns = [0, 1]
+                columns.insert(self.slice_axis, 2)  # the affine's third column belongs to the new axis
+                affine = image.affine.clone()
+                affine[:, :3] = image.affine[:, columns]
+                meta = {**image.meta, "affine": affine, "spatial_shape": np.asarray(volume.shape[1:])}
+                volume = MetaTensor(volume.as_tensor(), meta=meta)
+            d[key] = volume
+        return d
+
+
+class CheckFiniteIntensityd(MapTransform):
+    """At the end of the preprocessing: refuse images whose intensities are not finite.
+
+    NaN or infinite values reach a network as an all-background segmentation, with no error. They come from the
+    file itself or appear on the way (a scale factor or values beyond float32, a normalisation that overflows);
+    the message says which, naming the file.
 
     Raises:
-        NotADirectoryError: ``input_dir`` is not a folder.
-        FileNotFoundError: no NIfTI file under ``input_dir``.
-        ValueError: the output folder is the input folder.
+        ValueError: naming the file, the counts and where the values come from.
     """
-    if not isinstance(overwrite, bool):
-        raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
-    input_dir, output_dir = Path(input_dir), Path(output_dir)
-    if input_dir.resolve() == output_dir.resolve():
-        raise ValueError(f"{output_dir}: output folder equals the input folder; choose another one")
-    images = discover_images(input_dir, exclude=output_dir)
-    if not images:
-        raise FileNotFoundError(f"{input_dir}: no .nii or .nii.gz files found (searched recursively)")
-    report = FolderReport()
-    for image_path in tqdm(images, desc="segmenting", unit="volume", disable=not progress):
-        output_path = mirrored_output_path(image_path, input_dir, output_dir, postfix)
-        if output_path.exists() and not overwrite:
-            report.kept.append(output_path)
-            continue
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Raise on non-finite intensities; the data passes unchanged."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            nan, inf = count_non_finite(torch.as_tensor(d[key]))
+            if nan or inf:
+                source = d[key].meta.get("filename_or_obj", key) if isinstance(d[key], MetaTensor) else key
+                raise ValueError(f"{source}: {self.origin(source, nan, inf)}")
+        return d
+
+    @staticmethod
+    def origin(source: str | os.PathLike, nan: int, inf: int) -> str:
+        """Whether the file holds the non-finite values or they appear when scaling, casting or normalising."""
         try:
-            check_input_volume(image_path, in_channels)
-            reference = nib.load(image_path)
-            save_label_like(segmenter(image_path), reference, output_path)
-        except Exception as error:  # one bad file must not stop the batch; the reason goes to the summary
-            report.failures[image_path] = _failure_reason(error, image_path)
-            tqdm.write(f"FAILED {image_path}: {report.failures[image_path]}", file=sys.stderr)
-            continue
-        report.written.append(output_path)
-    return report
+            stored = np.asanyarray(load_nifti(source).dataobj)
+        except Exception:  # not a file (e.g. in-memory data): say what was found
+            return f"{nan} NaN and {inf} infinite intensities; fix or drop this image"
+        if stored.dtype.kind in "fc" and not np.isfinite(stored).all():
+            return (
+                f"{int(np.isnan(stored).sum())} NaN and {int(np.isinf(stored).sum())} infinite intensities in the "
+                "file; fix or drop this image"
+            )
+        magnitude = float(np.abs(stored).max(initial=0))
+        return (
+            f"intensities become non-finite after scaling, casting to float32 or normalising ({nan} NaN, {inf} "
+            f"infinite; largest stored magnitude {magnitude:.3g}); rescale the image into float32 range"
+        )
 
 
-def run_folder_segmentation(
-    input_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    segmenter: VolumeSegmenter,
-    checkpoint: str | os.PathLike,
-    overwrite: bool = False,
-    postfix: str = "",
-    progress: bool = True,
-    in_channels: int = 1,
-) -> FolderReport:
-    """Command-line entry: load the weights, segment the folder, print the summary, exit nonzero on problems.
+class CaseDataset(Dataset):
+    """MONAI ``Dataset`` over the planned cases that turns a case's preprocessing error into a recorded failure.
 
-    Exits with status 2 when nothing can run (missing checkpoint, input folder or inputs) and 1 when some files
-    failed; returns the report when every file was handled.
+    An item whose transform fails becomes ``{"source", "output", "error"}`` (the error's one-line reason), so that
+    one bad file neither stops the data loader nor the run; :class:`FolderEvaluator` records it.
     """
-    try:
-        if not Path(input_dir).is_dir():
-            raise NotADirectoryError(f"{input_dir}: input folder does not exist or is not a folder")
-        segmenter.load_weights(checkpoint)
-        report = segment_folder(input_dir, output_dir, segmenter, overwrite, postfix, progress, in_channels)
-    except (FileNotFoundError, NotADirectoryError, ValueError, TypeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
-    print(report.summary())
-    print(f"outputs under {Path(output_dir).resolve()}")
-    if report.failures:
-        raise SystemExit(1)
-    return report
+
+    def _transform(self, index: int) -> Any:
+        try:
+            return super()._transform(index)
+        except Exception as error:  # any file-specific failure; the reason goes to the summary
+            case = self.data[index]
+            return {"source": case["source"], "output": case["output"], "error": failure_reason(error, case["source"])}
+
+
+class FolderEvaluator(SupervisedEvaluator):
+    """``SupervisedEvaluator`` over a :class:`CaseDataset` that records a failing case and goes on to the next.
+
+    Args:
+        report: where failures go (the folder plan's report).
+        *args, **kwargs: those of ``SupervisedEvaluator``; the data loader must use batches of one case.
+    """
+
+    def __init__(self, report: FolderReport, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.report = report
+
+    def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, Any]) -> Any:
+        sources = batchdata["source"]
+        if "error" in batchdata:
+            for source, reason in zip(sources, batchdata["error"], strict=True):
+                self.report.fail(source, reason)
+            engine.state.batch = engine.state.output = []
+            return []
+        try:
+            return super()._iteration(engine, batchdata)
+        except Exception as error:  # network, inversion or label mapping failed for these cases only
+            for source in sources:
+                self.report.fail(source, failure_reason(error, source))
+            engine.state.batch = engine.state.output = []
+            return []
+
+
+class SegmentationWriter:
+    """Handler writing each segmented case's labels to its planned output on the input's own geometry.
+
+    Args:
+        report: records each written file, or the reason it could not be written.
+        overwrite: replace existing outputs (the plan already left out those it may not replace).
+        pred_key: key of the labels ``(1, *input grid)`` in the engine output.
+    """
+
+    def __init__(self, report: FolderReport, overwrite: bool = False, pred_key: str = "pred") -> None:
+        self.report = report
+        self.overwrite = overwrite
+        self.pred_key = pred_key
+
+    def attach(self, engine: Engine) -> None:
+        """Write after every iteration."""
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Write the cases of the iteration that just finished, then release them."""
+        batch, output = engine.state.batch or [], engine.state.output or []
+        for case, result in zip(batch, output, strict=True):
+            try:
+                labels = torch.as_tensor(result[self.pred_key]).detach().cpu().numpy()[0]
+                written = write_segmentation(labels, case["source"], case["output"], replace=self.overwrite)
+            except Exception as error:  # a full disk or lost permissions fail this case only
+                self.report.fail(case["source"], failure_reason(error, case["source"]))
+                continue
+            self.report.written.append(written)
+        engine.state.batch = engine.state.output = None  # free this case before the next one is loaded
+

@@ -1,21 +1,48 @@
+"""Folder inference: the MONAI workflow of inference.yaml, its file rules and the bounded-memory inversion."""
+
 from __future__ import annotations
 
-import gzip
+import json
+import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
-from common.inference import (
-    VolumeSegmenter,
-    discover_images,
-    mirrored_output_path,
-    run_folder_segmentation,
-    segment_folder,
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.transforms import (
+    Activationsd,
+    AsDiscreted,
+    Compose,
+    EnsureChannelFirstd,
+    Invertd,
+    LoadImaged,
+    Orientationd,
+    Resized,
+    Spacingd,
 )
+
+from common import folder_io
+from common.folder_io import (
+    FolderPlan,
+    check_output_postfix,
+    is_own_segmentation,
+    load_nifti,
+    mirrored_output_path,
+    write_segmentation,
+)
+from common.inference import AsVolumed, CheckFiniteIntensityd, CheckInputFiled, FolderEvaluator
+from common.inversion import InvertedArgmaxd
 from common.synthetic import save_nifti
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = REPO_ROOT / "bundles"
+INFERENCE = BUNDLES / "acdc17_rrw" / "configs" / "inference.yaml"
+TINY_NETWORK = {"patch_size": [64, 64], "filters": [4, 4, 8, 8, 8, 8], "sw_batch_size": 8}
 
 
 def oblique_affine() -> np.ndarray:
@@ -26,167 +53,371 @@ def oblique_affine() -> np.ndarray:
     return affine
 
 
-class ThresholdSegmenter:
-    """Stands in for a network: label 1 where the image is above its mean; records the files it saw."""
-
-    def __init__(self) -> None:
-        self.seen: list[Path] = []
-        self.checkpoint: Path | None = None
-
-    def load_weights(self, checkpoint: Path) -> None:
-        if not Path(checkpoint).is_file():
-            raise FileNotFoundError(f"{checkpoint}: checkpoint not found")
-        self.checkpoint = Path(checkpoint)
-
-    def __call__(self, path: Path) -> np.ndarray:
-        self.seen.append(Path(path))
-        image = np.asanyarray(nib.load(path).dataobj)
-        return (image > image.mean()).astype(np.uint8)
+LPS_AFFINE = np.diag([-1.5, -1.5, 8.0, 1.0])
 
 
-@pytest.fixture
-def input_folder(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    root = tmp_path / "in"
-    save_nifti(rng.normal(size=(10, 12, 3)).astype(np.float32), oblique_affine(), root / "a.nii.gz")
-    save_nifti(
-        rng.integers(0, 500, size=(9, 7, 5)).astype(np.int16), np.diag([-2.0, 1.5, 6.0, 1.0]), root / "x/y/b.nii"
-    )
-    (root / "notes.txt").write_text("not an image")
+def image(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def bundle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle root with initialised weights of acdc17_rrw's network at tiny size."""
+    root = tmp_path_factory.mktemp("bundle")
+    parser = ConfigParser()
+    parser.read_config(str(INFERENCE))
+    parser.update(TINY_NETWORK)
+    torch.manual_seed(0)
+    (root / "models").mkdir()
+    torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
     return root
 
 
-@pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
-    path = tmp_path / "model.pt"
-    path.write_bytes(b"weights")
-    return path
+def segment(bundle_root: Path, inputs: Path | str, outputs: Path | str | int, **settings) -> int:
+    """Run inference.yaml as the model zoo does (initialize, check_properties, run); returns the exit status."""
+    workflow = ConfigWorkflow(
+        config_file=str(INFERENCE),
+        workflow_type="infer",
+        dataset_dir=inputs if isinstance(inputs, int) else str(inputs),
+        output_dir=outputs if isinstance(outputs, int) else str(outputs),
+        bundle_root=str(bundle_root),
+        progress=False,
+        **TINY_NETWORK,
+        **settings,
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    try:
+        workflow.run()
+    except SystemExit as exit_info:
+        return int(exit_info.code)
+    return 0
 
 
-def test_discovery_is_recursive_and_skips_the_output_folder(input_folder):
-    save_nifti(np.zeros((2, 2, 2), np.uint8), np.eye(4), input_folder / "out" / "a.nii.gz")
-    found = discover_images(input_folder, exclude=input_folder / "out")
-    assert [path.relative_to(input_folder).as_posix() for path in found] == ["a.nii.gz", "x/y/b.nii"]
+def read(path: Path) -> np.ndarray:
+    return np.asanyarray(load_nifti(path).dataobj)
 
 
-def test_output_paths_mirror_the_input_tree(tmp_path):
-    image = tmp_path / "in" / "p1" / "scan.NII.GZ"
-    assert mirrored_output_path(image, tmp_path / "in", tmp_path / "out") == tmp_path / "out/p1/scan.NII.GZ"
-    assert mirrored_output_path(image, tmp_path / "in", tmp_path / "out", "_seg") == tmp_path / "out/p1/scan_seg.NII.GZ"
-
-
-def test_outputs_keep_each_inputs_geometry(input_folder, tmp_path):
-    output = tmp_path / "out"
-    report = segment_folder(input_folder, output, ThresholdSegmenter(), progress=False)
-    assert not report.failures and len(report.written) == 2
-    for relative in ("a.nii.gz", "x/y/b.nii"):
-        source, result = nib.load(input_folder / relative), nib.load(output / relative)
-        assert result.shape == source.shape
+def test_workflow_segments_a_folder_on_each_inputs_own_geometry(bundle_root, tmp_path, capsys):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    save_nifti(image((20, 18, 4)), LPS_AFFINE, inputs / "lps.nii.gz")
+    save_nifti(image((20, 18, 3), 1), oblique_affine(), inputs / "site/a/oblique.NII.GZ")
+    save_nifti(image((20, 18), 2), np.diag([1.5, 1.5, 8.0, 1.0]), inputs / "site/b/flat2d.nii")
+    (inputs / "site/b/flat2d.nii").rename(inputs / "site/b/flat2d.Nii")
+    nib.save(nib.as_closest_canonical(nib.load(inputs / "lps.nii.gz")), inputs / "ras.nii.gz")  # same image, RAS
+    (inputs / "notes.txt").write_text("not an image")
+    assert segment(bundle_root, inputs, outputs) == 0
+    summary = capsys.readouterr().out
+    assert "segmented 4 file(s), kept 0 existing output(s), 0 failure(s)" in summary
+    # both storage orders reach the network as the same RAS volume: the same segmentation in world space
+    np.testing.assert_array_equal(read(outputs / "lps.nii.gz")[::-1, ::-1], read(outputs / "ras.nii.gz"))
+    for relative in ("lps.nii.gz", "ras.nii.gz", "site/a/oblique.NII.GZ", "site/b/flat2d.Nii"):
+        source, result = load_nifti(inputs / relative), load_nifti(outputs / relative)
+        assert result.shape == source.shape, relative
         np.testing.assert_allclose(result.affine, source.affine, atol=1e-6)
         assert nib.aff2axcodes(result.affine) == nib.aff2axcodes(source.affine)
-        assert result.header.get_data_dtype() == np.uint8
-        image = np.asanyarray(source.dataobj)
-        np.testing.assert_array_equal(np.asanyarray(result.dataobj), image > image.mean())
-    assert not [path for path in output.rglob(".*")], "temporary files left behind"
+        assert result.header.get_data_dtype() == np.uint8 and set(np.unique(read(outputs / relative))) <= {0, 1, 2, 3}
+        assert is_own_segmentation(outputs / relative)
+    assert sorted(path.name for path in outputs.rglob("*") if path.is_file()) == [
+        "flat2d.Nii", "lps.nii.gz", "oblique.NII.GZ", "ras.nii.gz"
+    ]  # fmt: skip
+    mode = stat.S_IMODE((outputs / "lps.nii.gz").stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
 
-
-def test_existing_outputs_are_kept_unless_overwrite(input_folder, tmp_path):
-    output = tmp_path / "out"
-    save_nifti(np.full((10, 12, 3), 7, np.uint8), np.eye(4), output / "a.nii.gz")
-    segmenter = ThresholdSegmenter()
-    report = segment_folder(input_folder, output, segmenter, progress=False)
-    assert report.kept == [output / "a.nii.gz"] and report.written == [output / "x/y/b.nii"]
-    assert segmenter.seen == [input_folder / "x/y/b.nii"]
-    assert np.all(np.asanyarray(nib.load(output / "a.nii.gz").dataobj) == 7)
-    assert "not replaced" in report.summary()
-
-    report = segment_folder(input_folder, output, segmenter, overwrite=True, progress=False)
-    assert len(report.written) == 2
-    assert np.asanyarray(nib.load(output / "a.nii.gz").dataobj).max() == 1
-    with pytest.raises(TypeError, match="True or False"):
-        segment_folder(input_folder, output, segmenter, overwrite="false", progress=False)
-
-
-def test_bad_files_are_reported_and_the_rest_is_segmented(input_folder, tmp_path, checkpoint, capsys):
-    (input_folder / "corrupt.nii.gz").write_bytes(gzip.compress(b"\x00" * 100))
-    (input_folder / "truncated.nii.gz").write_bytes((input_folder / "a.nii.gz").read_bytes()[:200])
-    save_nifti(np.zeros((4, 4, 3, 2), np.float32), np.eye(4), input_folder / "cine_4d.nii.gz")
-    output = tmp_path / "out"
-    with pytest.raises(SystemExit) as exit_info:
-        run_folder_segmentation(input_folder, output, ThresholdSegmenter(), checkpoint, progress=False)
-    assert exit_info.value.code == 1
+    first = (outputs / "lps.nii.gz").read_bytes()
+    (outputs / "lps.nii.gz").write_bytes(b"an earlier result")
+    assert segment(bundle_root, inputs, outputs) == 0
     summary = capsys.readouterr().out
-    assert "segmented 2 file(s), kept 0 existing output(s), 3 failure(s)" in summary
-    assert f"FAILED {input_folder / 'cine_4d.nii.gz'}: expected a 3D volume, got shape (4, 4, 3, 2)" in summary
-    assert f"FAILED {input_folder / 'corrupt.nii.gz'}: cannot read as NIfTI" in summary
-    assert f"FAILED {input_folder / 'truncated.nii.gz'}: cannot read as NIfTI" in summary
-    assert sorted(path.relative_to(output).as_posix() for path in output.rglob("*.nii*")) == ["a.nii.gz", "x/y/b.nii"]
+    assert "segmented 0 file(s), kept 4 existing output(s), 0 failure(s)" in summary and "--overwrite True" in summary
+    assert (outputs / "lps.nii.gz").read_bytes() == b"an earlier result"
+    assert segment(bundle_root, inputs, outputs, overwrite=True) == 0
+    assert (outputs / "lps.nii.gz").read_bytes() == first  # deterministic
+    assert "segmented 4 file(s)" in capsys.readouterr().out
 
 
-def test_setup_errors_exit_with_a_clear_message(input_folder, tmp_path, checkpoint, capsys):
-    cases = [
-        (tmp_path / "empty", checkpoint, "no .nii or .nii.gz files found"),
-        (tmp_path / "missing", checkpoint, "input folder does not exist"),
-        (input_folder, tmp_path / "nope.pt", "checkpoint not found"),
-    ]
+def test_bad_files_are_listed_with_their_reason_and_the_run_exits_1(bundle_root, tmp_path, capsys, monkeypatch):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    good = image((16, 16, 3))
+    save_nifti(good, LPS_AFFINE, inputs / "good.nii.gz")
+    save_nifti(good, LPS_AFFINE, inputs / "full_disk.nii.gz")
+    (inputs / "corrupt.nii.gz").write_bytes(b"\x1f\x8b broken")
+    (inputs / "truncated.nii.gz").write_bytes((inputs / "good.nii.gz").read_bytes()[:300])
+    save_nifti(np.zeros((8, 8, 3, 2), np.float32), LPS_AFFINE, inputs / "cine_4d.nii.gz")
+    nan = good.copy()
+    nan[1, 2, 1] = np.nan
+    save_nifti(nan, LPS_AFFINE, inputs / "nan.nii.gz")
+    huge = np.full((16, 16, 3), 1e39)  # float64 values beyond float32: infinite once cast
+    nib.save(nib.Nifti1Image(huge, LPS_AFFINE), inputs / "overflow.nii.gz")
+    scaled = nib.Nifti1Image(np.arange(16 * 16 * 3, dtype=np.int16).reshape(16, 16, 3), LPS_AFFINE)
+    scaled.header.set_slope_inter(1e37, 0.0)  # a scale factor that overflows float32
+    nib.save(scaled, inputs / "scale_factor.nii.gz")
+    (inputs / "dangling.nii.gz").symlink_to(inputs / "missing.nii.gz")
+    (inputs / "loop.nii.gz").symlink_to(inputs / "loop.nii.gz")
+    (inputs / ".hidden.nii.gz").write_bytes((inputs / "good.nii.gz").read_bytes())
+    (inputs / "empty.nii").touch()
+    os.mkfifo(inputs / "pipe.nii")
+    (inputs / "linked_folder").symlink_to(tmp_path, target_is_directory=True)
+
+    original_mkstemp = folder_io.tempfile.mkstemp
+
+    def mkstemp_on_a_full_disk(*args, **kwargs):  # the temporary file of full_disk's output cannot be written
+        descriptor, name = original_mkstemp(*args, **kwargs)
+        if Path(name).name.startswith(".full_disk"):
+            os.close(descriptor)
+            descriptor = os.open("/dev/full", os.O_WRONLY)  # writes fail with ENOSPC
+        return descriptor, name
+
+    monkeypatch.setattr(folder_io.tempfile, "mkstemp", mkstemp_on_a_full_disk)
+    assert segment(bundle_root, inputs, outputs) == 1
+    summary = capsys.readouterr().out
+    assert "segmented 1 file(s), kept 0 existing output(s), 11 failure(s)" in summary
+    expected = {
+        "FAILED": {
+            "corrupt.nii.gz": "cannot read as NIfTI",
+            "truncated.nii.gz": "",
+            "cine_4d.nii.gz": "expected a 3D volume or a 2D image, got shape (8, 8, 3, 2)",
+            "nan.nii.gz": "1 NaN and 0 infinite intensities in the file",
+            "overflow.nii.gz": "intensities become non-finite after scaling, casting to float32 or normalising",
+            "scale_factor.nii.gz": "intensities become non-finite after scaling",
+            "full_disk.nii.gz": f"{outputs / 'full_disk.nii.gz'}: cannot write the segmentation (No space left",
+            "dangling.nii.gz": "dangling symbolic link",
+            "loop.nii.gz": "cannot be opened",
+            "empty.nii": "empty file",
+            "pipe.nii": "not a regular file",
+        },
+        "SKIPPED": {
+            ".hidden.nii.gz": "hidden file",
+            "linked_folder": "symbolic link to a folder, not followed",
+        },
+    }
+    for kind, reasons in expected.items():
+        for name, reason in reasons.items():
+            line = next((line for line in summary.splitlines() if line.startswith(f"{kind} {inputs / name}:")), None)
+            assert line is not None and reason in line, (name, summary)
+    assert [path.name for path in outputs.rglob("*")] == ["good.nii.gz"]  # no partial or temporary files
+
+
+def test_an_input_file_is_never_written(bundle_root, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    original = image((16, 16, 3))
+    for relative in ("a.nii.gz", "seg/a.nii.gz", "seg/b.nii.gz"):  # seg/ holds inputs and becomes the output folder
+        save_nifti(original, LPS_AFFINE, inputs / relative)
+    (inputs / "link.nii.gz").symlink_to(inputs / "a.nii.gz")
+    before = {path: path.read_bytes() for path in inputs.rglob("*.nii.gz")}
+
+    assert segment(bundle_root, inputs, inputs / "seg", overwrite=True) == 1
+    summary = capsys.readouterr().out
+    assert all(path.read_bytes() == content for path, content in before.items())
+    assert f"FAILED {inputs / 'a.nii.gz'}: its output {inputs / 'seg/a.nii.gz'} would replace an input file" in summary
+    assert is_own_segmentation(inputs / "seg/seg/a.nii.gz") and is_own_segmentation(inputs / "seg/link.nii.gz")
+
+    assert segment(bundle_root, inputs, inputs / "seg") == 1  # the earlier outputs are recognised, not inputs
+    summary = capsys.readouterr().out
+    assert f"SKIPPED {inputs / 'seg/link.nii.gz'}: a segmentation written by folder inference" in summary
+    assert f"KEPT {inputs / 'seg/seg/a.nii.gz'}" in summary and f"KEPT {inputs / 'seg/link.nii.gz'}" in summary
+    assert segment(bundle_root, inputs, inputs / "seg", overwrite=True) == 1  # its own outputs may be replaced
+    assert "segmented 3 file(s), kept 0 existing output(s), 1 failure(s)" in capsys.readouterr().out
+    assert all(path.read_bytes() == content for path, content in before.items())
+
+    with pytest.raises(RuntimeError) as error_info:
+        segment(bundle_root, inputs, inputs, overwrite=True)
+    assert "is the input folder" in str(error_info.value.__cause__)
+
+
+def test_command_line_run_exits_1_on_a_failed_case_and_takes_a_numeric_output_dir(bundle_root, tmp_path):
+    save_nifti(image((16, 16, 3)), LPS_AFFINE, tmp_path / "in" / "good.nii.gz")
+    (tmp_path / "in" / "bad.nii").write_bytes(b"not a NIfTI file")
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(INFERENCE), "--dataset_dir", "in",
+        "--output_dir", "2024", "--bundle_root", str(bundle_root), "--progress", "False",
+        *[item for key, value in TINY_NETWORK.items() for item in (f"--{key}", json.dumps(value))],
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert f"FAILED {Path('in') / 'bad.nii'}: cannot read as NIfTI" in result.stdout
+    assert load_nifti(tmp_path / "2024" / "good.nii.gz").shape == (16, 16, 3)
+
+
+def test_outputs_never_leave_the_output_folder(tmp_path, monkeypatch):
+    inputs, outputs, elsewhere = tmp_path / "in", tmp_path / "out", tmp_path / "elsewhere"
+    save_nifti(image((4, 4, 2)), LPS_AFFINE, inputs / "sub/a.nii.gz")
+    save_nifti(image((4, 4, 2)), LPS_AFFINE, inputs / "b.nii.gz")
+    elsewhere.mkdir()
+    outputs.mkdir()
+    (outputs / "sub").symlink_to(elsewhere, target_is_directory=True)
+    (outputs / "b.nii.gz").symlink_to(inputs / "b.nii.gz")
+    plan = FolderPlan(inputs, outputs, overwrite=True)
+    assert plan.cases == []
+    assert "leads outside the output folder" in plan.report.failures[inputs / "sub/a.nii.gz"]
+    assert "would replace an input file" in plan.report.failures[inputs / "b.nii.gz"]
+    for postfix in ("/../../escaped", "..", "_a/b", "a\\b", "x\0"):
+        with pytest.raises(ValueError, match="--output_postfix"):
+            FolderPlan(inputs, outputs, postfix=postfix)
+    assert check_output_postfix("_seg.v2") == "_seg.v2"
+
+    monkeypatch.chdir(tmp_path)
+    plan = FolderPlan("in", 2024)  # --output_dir 2024 reaches the config as an int
+    assert sorted(case["output"] for case in plan.cases) == ["2024/b.nii.gz", "2024/sub/a.nii.gz"]
+    with pytest.raises(TypeError, match="--overwrite"):
+        FolderPlan(inputs, outputs, overwrite="false")
+    with pytest.raises(TypeError, match="--output_dir"):
+        FolderPlan(inputs, None)
+
+
+def test_setup_errors_name_the_option(tmp_path):
     (tmp_path / "empty").mkdir()
-    for input_dir, weights, message in cases:
-        with pytest.raises(SystemExit) as exit_info:
-            run_folder_segmentation(input_dir, tmp_path / "out", ThresholdSegmenter(), weights, progress=False)
-        assert exit_info.value.code == 2
-        assert message in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="--dataset_dir .*no .nii or .nii.gz files found"):
+        FolderPlan(tmp_path / "empty", tmp_path / "out")
+    with pytest.raises(NotADirectoryError, match="--dataset_dir .*does not exist"):
+        FolderPlan(tmp_path / "missing", tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    with pytest.raises(ValueError, match="equals the input folder"):
-        segment_folder(input_folder, input_folder, ThresholdSegmenter(), progress=False)
+    save_nifti(image((4, 4, 2)), LPS_AFFINE, tmp_path / "in" / "a.nii.gz")
+    (tmp_path / "a_file").touch()
+    with pytest.raises(NotADirectoryError, match="--output_dir .*exists and is not a folder"):
+        FolderPlan(tmp_path / "in", tmp_path / "a_file")
 
 
-def test_volume_segmenter_loads_weights_and_checks_them(tmp_path):
-    from monai.inferers import SliceInferer
-    from monai.networks.nets import BasicUNet
-    from monai.transforms import AsDiscreted, Compose, EnsureChannelFirstd, LoadImaged
+def distinct_inference_configs() -> list[str]:
+    """One bundle per distinct inference.yaml (pairing bundles share their parent's, apart from the header)."""
+    first: dict[str, str] = {}
+    for path in sorted(BUNDLES.glob("*/configs/inference.yaml")):
+        first.setdefault(path.read_text().split("\n", 1)[1], path.parent.parent.name)
+    return sorted(first.values())
 
-    torch.manual_seed(0)
-    network = BasicUNet(2, 1, 3, features=(4, 4, 4, 4, 4, 4))
-    weights = tmp_path / "model.pt"
-    torch.save({"model": network.state_dict()}, weights)
-    segmenter = VolumeSegmenter(
-        BasicUNet(2, 1, 3, features=(4, 4, 4, 4, 4, 4)),
-        Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image")]),
-        SliceInferer(roi_size=(32, 32), spatial_dim=2),
-        AsDiscreted("pred", argmax=True),
+
+@pytest.mark.parametrize("name", distinct_inference_configs())
+def test_every_inference_config_is_a_complete_monai_inference_workflow(name, tmp_path):
+    save_nifti(image((4, 4, 2)), LPS_AFFINE, tmp_path / "in" / "a.nii.gz")
+    workflow = ConfigWorkflow(
+        config_file=str(BUNDLES / name / "configs" / "inference.yaml"),
+        workflow_type="infer",
+        dataset_dir=str(tmp_path / "in"),
+        output_dir=str(tmp_path / "out"),
     )
-    segmenter.load_weights(weights)
-    save_nifti(np.random.default_rng(0).normal(size=(32, 32, 3)).astype(np.float32), np.eye(4), tmp_path / "v.nii.gz")
-    labels = segmenter(tmp_path / "v.nii.gz")
-    assert labels.shape == (32, 32, 3) and set(np.unique(labels)) <= {0, 1, 2}
-
-    torch.save(BasicUNet(2, 1, 2, features=(4, 4, 4, 4, 4, 4)).state_dict(), weights)
-    with pytest.raises(ValueError, match="does not fit this network"):
-        segmenter.load_weights(weights)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    assert isinstance(workflow.evaluator, FolderEvaluator) and len(workflow.dataset) == 1
+    network_dims = workflow.parser.get_parsed_content("network_def#spatial_dims", default=3)
+    assert workflow.parser.get_parsed_content("network_spatial_dims") == network_dims  # 2D inputs only for 2D nets
 
 
-class ChannelMeanSegmenter(ThresholdSegmenter):
-    """Stands in for a multi-channel network: label 1 where the mean over the last (channel) axis is positive."""
+def test_missing_or_mismatched_weights_stop_the_run(tmp_path):
+    save_nifti(image((16, 16, 3)), LPS_AFFINE, tmp_path / "in" / "a.nii.gz")
+    with pytest.raises(RuntimeError) as error_info:
+        segment(tmp_path, tmp_path / "in", tmp_path / "out")
+    assert "checkpoint not found" in str(error_info.value.__cause__)
+    (tmp_path / "models").mkdir()
+    parser = ConfigParser()
+    parser.read_config(str(INFERENCE))
+    parser.update({**TINY_NETWORK, "num_classes": 3})
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "model.pt")
+    with pytest.raises(RuntimeError) as error_info:
+        segment(tmp_path, tmp_path / "in", tmp_path / "out")
+    assert "does not fit this network" in str(error_info.value.__cause__)
+    assert not (tmp_path / "out").exists()
 
-    def __call__(self, path: Path) -> np.ndarray:
-        return (np.asanyarray(nib.load(path).dataobj).mean(axis=-1) > 0).astype(np.uint8)
+
+def test_mirrored_paths_keep_the_extension_as_written(tmp_path):
+    source = tmp_path / "in" / "p1" / "scan.NII.GZ"
+    assert (
+        mirrored_output_path(source, tmp_path / "in", tmp_path / "out", "_seg") == tmp_path / "out/p1/scan_seg.NII.GZ"
+    )
+    assert mirrored_output_path(tmp_path / "in/x.Nii", tmp_path / "in", tmp_path / "o") == tmp_path / "o/x.Nii"
 
 
-def test_multi_channel_inputs_are_4d_files_segmented_on_their_3d_grid(tmp_path, checkpoint, capsys):
-    rng = np.random.default_rng(1)
-    inputs, output = tmp_path / "brats", tmp_path / "out"
-    affine = np.diag([1.0, 1.0, 1.5, 1.0])
-    save_nifti(rng.normal(size=(8, 9, 5, 4)).astype(np.float32), affine, inputs / "case1.nii.gz")
-    save_nifti(rng.normal(size=(8, 9, 5, 2)).astype(np.float32), affine, inputs / "two_modalities.nii.gz")
-    save_nifti(rng.normal(size=(8, 9, 5)).astype(np.float32), affine, inputs / "single.nii.gz")
-    with pytest.raises(SystemExit) as exit_info:
-        run_folder_segmentation(inputs, output, ChannelMeanSegmenter(), checkpoint, progress=False, in_channels=4)
-    assert exit_info.value.code == 1
-    summary = capsys.readouterr().out
-    assert "segmented 1 file(s), kept 0 existing output(s), 2 failure(s)" in summary
-    assert f"FAILED {inputs / 'two_modalities.nii.gz'}: expected 4 channels along the last axis" in summary
-    assert f"FAILED {inputs / 'single.nii.gz'}: expected a 4D volume, got shape (8, 9, 5)" in summary
-    written = nib.load(output / "case1.nii.gz")
-    assert written.shape == (8, 9, 5) and np.allclose(written.affine, affine)
-    expected = (np.asanyarray(nib.load(inputs / "case1.nii.gz").dataobj).mean(axis=-1) > 0).astype(np.uint8)
-    np.testing.assert_array_equal(np.asanyarray(written.dataobj), expected)
+def test_segmentations_are_written_atomically_without_replacing(tmp_path):
+    reference = tmp_path / "image.nii.gz"
+    save_nifti(image((5, 4, 3)), oblique_affine(), reference)
+    labels = np.arange(60).reshape(5, 4, 3) % 4
+    written = write_segmentation(labels, reference, tmp_path / "seg.NII.GZ")
+    assert np.array_equal(read(written), labels) and np.allclose(nib.load(written).affine, oblique_affine())
+    with pytest.raises(FileExistsError, match="not replaced"):
+        write_segmentation(labels, reference, written)
+    write_segmentation(labels[::-1], reference, written, replace=True)
+    assert np.array_equal(read(written), labels[::-1])
+    with pytest.raises(ValueError, match="differs from the input's"):
+        write_segmentation(labels[:, :, :2], reference, tmp_path / "bad.nii.gz")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["image.nii.gz", "seg.NII.GZ"]
+
+
+def test_input_checks_follow_the_network(tmp_path):
+    flat, volume, four_d = tmp_path / "flat.nii", tmp_path / "volume.nii", tmp_path / "modalities.nii"
+    save_nifti(image((6, 5)), np.eye(4), flat)
+    save_nifti(image((6, 5, 4)), np.eye(4), volume)
+    save_nifti(image((6, 5, 4, 2)), np.eye(4), four_d)
+    CheckInputFiled("image", network_spatial_dims=2)({"image": str(flat)})
+    with pytest.raises(ValueError, match="2D image of shape \\(6, 5\\), but this bundle's network is 3D"):
+        CheckInputFiled("image", network_spatial_dims=3)({"image": str(flat)})
+    CheckInputFiled("image", in_channels=2)({"image": str(four_d)})
+    with pytest.raises(ValueError, match="expected a 4D volume with 4 channels along the last axis"):
+        CheckInputFiled("image", in_channels=4)({"image": str(four_d)})
+    with pytest.raises(ValueError, match="expected a 3D volume, got shape \\(6, 5, 4, 2\\)"):
+        CheckInputFiled("image")({"image": str(four_d)})
+
+    loaded = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image")])({"image": str(flat)})
+    for slice_axis, shape in ((2, (1, 6, 5, 1)), (0, (1, 1, 6, 5))):
+        one_slice = AsVolumed("image", slice_axis=slice_axis)(loaded)["image"]
+        assert tuple(one_slice.shape) == shape
+        voxel = np.array([2, 3, 0, 1.0]) if slice_axis == 2 else np.array([0, 2, 3, 1.0])
+        np.testing.assert_allclose(one_slice.affine.numpy() @ voxel, loaded["image"].affine.numpy() @ [2, 3, 0, 1.0])
+    volume_item = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image")])({"image": str(volume)})
+    assert AsVolumed("image")(volume_item)["image"].shape == volume_item["image"].shape
+
+
+def test_finite_check_names_the_file():
+    from monai.data import MetaTensor
+
+    data = MetaTensor(torch.tensor([[1.0, float("inf"), float("nan")]]), meta={"filename_or_obj": "in-memory"})
+    with pytest.raises(ValueError, match="in-memory: 1 NaN and 1 infinite intensities"):
+        CheckFiniteIntensityd("image")({"image": data})
+
+
+@pytest.fixture
+def resampled_case(tmp_path: Path) -> tuple[dict, Compose, torch.Tensor]:
+    """An LPS volume brought to RAS, 1 mm and a 12^3 cube, and class scores on that cube."""
+    path = tmp_path / "case.nii.gz"
+    save_nifti(image((15, 11, 5)), np.diag([-0.7, -0.9, 2.5, 1.0]), path)
+    preprocessing = Compose(
+        [
+            LoadImaged("image", image_only=True),
+            EnsureChannelFirstd("image"),
+            Orientationd("image", axcodes="RAS"),
+            Spacingd("image", pixdim=(1.0, 1.0, 1.0), mode="bilinear"),
+            Resized("image", spatial_size=(12, 12, 12), mode="area"),
+        ]
+    )
+    data = preprocessing({"image": str(path)})
+    torch.manual_seed(0)
+    coarse = torch.randn(1, 5, 3, 3, 3) * 3  # smooth scores, as a network's: regions with borders between them
+    scores = torch.nn.functional.interpolate(coarse, size=(12, 12, 12), mode="trilinear")[0]
+    return data, preprocessing, scores
+
+
+def test_streamed_inversion_gives_the_labels_of_the_usual_pipeline(resampled_case):
+    data, preprocessing, scores = resampled_case
+    usual = Compose(
+        [
+            Activationsd("pred", softmax=True),
+            Invertd("pred", preprocessing, orig_keys="image", nearest_interp=False),
+            AsDiscreted("pred", argmax=True),
+        ]
+    )({**data, "pred": scores.clone()})["pred"]
+    assert tuple(usual.shape) == (1, 15, 11, 5)
+    for channels_per_step in (1, 2, 5):
+        streamed = InvertedArgmaxd("pred", preprocessing, channels_per_step=channels_per_step)({**data, "pred": scores})
+        labels = streamed["pred"]
+        assert labels.shape == usual.shape
+        np.testing.assert_array_equal(labels.numpy(), usual.numpy())
+        np.testing.assert_allclose(labels.affine, usual.affine)
+    nearest = InvertedArgmaxd("pred", preprocessing, argmax_first=True)({**data, "pred": scores})["pred"]
+    assert nearest.shape == usual.shape and set(np.unique(nearest.numpy())) <= set(range(5))
+    assert (nearest.numpy() == usual.numpy()).mean() > 0.8  # borders follow the network grid instead
+
+
+def test_non_finite_network_output_is_an_error(resampled_case):
+    data, preprocessing, scores = resampled_case
+    scores[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="case.nii.gz: the network output holds 1 NaN and 0 infinite values"):
+        InvertedArgmaxd("pred", preprocessing)({**data, "pred": scores})

@@ -1,19 +1,16 @@
-"""Faulty inputs: each gets a clear error naming its file, and batch work finishes the other cases."""
+"""Faulty inputs: each gets a clear error naming its file (folder inference: tests/test_inference.py)."""
 
 from __future__ import annotations
 
-import errno
 import shutil
 import subprocess
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from common.inference import segment_folder
 from common.synthetic import save_nifti
 from common.validation import ValidateSegmentationd, validate_datalist
 
@@ -122,53 +119,6 @@ def test_the_bundle_pipeline_with_the_checks_stops_at_the_bad_file(datalist):
     with pytest.raises(RuntimeError) as error_info:
         training({"image": bad["image"], "label": bad["label"]})
     assert str(innermost(error_info.value)).startswith(bad["label"] + ": label values must lie in [0, 3]")
-
-
-class MeanThreshold:
-    """Stands in for a network: label 1 above the image mean."""
-
-    def __call__(self, path: Path) -> np.ndarray:
-        image = np.asanyarray(nib.load(path).dataobj)
-        return (image > image.mean()).astype(np.uint8)
-
-
-def test_batch_inference_reports_each_faulty_file_and_finishes_the_others(tmp_path, monkeypatch):
-    inputs, outputs = tmp_path / "in", tmp_path / "out"
-    image, _ = good_pair()
-    nan_image, inf_image = image.copy(), image.copy()
-    nan_image[2, 2, 1] = np.nan
-    inf_image[2, 2, 1] = np.inf
-    save_nifti(image, AFFINE, inputs / "good.nii.gz")
-    save_nifti(image, AFFINE, inputs / "full_disk.nii.gz")
-    save_nifti(nan_image, AFFINE, inputs / "nan.nii.gz")
-    save_nifti(inf_image, AFFINE, inputs / "inf.nii.gz")
-    save_nifti(image[:, :, 0], AFFINE, inputs / "flat2d.nii.gz")
-    save_nifti(np.stack([image, image], axis=-1), AFFINE, inputs / "channels.nii.gz")
-    save_nifti(image, AFFINE, inputs / "last.nii.gz")
-
-    original_save = nib.save
-
-    def save_on_a_full_disk(img, filename, *args, **kwargs):
-        if Path(filename).name.startswith(".full_disk"):  # the temporary file of full_disk's output
-            Path(filename).write_bytes(b"partial")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return original_save(img, filename, *args, **kwargs)
-
-    monkeypatch.setattr(nib, "save", save_on_a_full_disk)
-    report = segment_folder(inputs, outputs, MeanThreshold(), progress=False)
-
-    assert sorted(path.name for path in report.written) == ["good.nii.gz", "last.nii.gz"]
-    reasons = {path.name: reason for path, reason in report.failures.items()}
-    assert reasons["nan.nii.gz"] == "1 NaN and 0 infinite intensities; fix or drop this image"
-    assert reasons["inf.nii.gz"] == "0 NaN and 1 infinite intensities; fix or drop this image"
-    assert reasons["flat2d.nii.gz"].startswith("expected a 3D volume, got shape (12, 10)")
-    assert reasons["channels.nii.gz"].startswith("expected a 3D volume, got shape (12, 10, 3, 2)")
-    assert str(outputs / "full_disk.nii.gz") in reasons["full_disk.nii.gz"]
-    assert "cannot write the segmentation (No space left on device)" in reasons["full_disk.nii.gz"]
-    assert sorted(path.name for path in outputs.iterdir()) == ["good.nii.gz", "last.nii.gz"]  # no partial files
-    summary = report.summary()
-    assert "segmented 2 file(s), kept 0 existing output(s), 5 failure(s)" in summary
-    assert all(f"FAILED {inputs / name}" in summary for name in reasons)
 
 
 def test_run_outputs_are_ignored_by_git_and_bundle_files_are_not():

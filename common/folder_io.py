@@ -1,0 +1,370 @@
+"""Which files a folder inference reads and writes: discovery, mirrored output paths, safe writes, the report.
+
+The rules that protect a user's data live here:
+
+- every ``.nii``/``.nii.gz`` file under the input folder (any letter case) is an input, including files inside an
+  output folder nested in it, except segmentations this module wrote (marked in their NIfTI header);
+- an output never replaces an input file, is never written through a symbolic link and never lands outside the
+  output folder; an existing output is replaced only with ``overwrite``;
+- every file found and not segmented (hidden, dangling or looping symbolic link, not a regular file, unreadable,
+  existing output, output that would replace an input ...) is listed in the report with its reason.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SEGMENTATION_DESCRIPTION = b"segmentation by folder inference"  # header mark of the files this module writes
+NIFTI_INTENT_LABEL = 1002
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a NIfTI file (``.nii`` or ``.nii.gz``, any case)."""
+    return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def nifti_suffix(name: str) -> str:
+    """The NIfTI extension of ``name`` as written (``.nii.gz``, ``.NII.GZ``, ``.nii`` ...)."""
+    length = len(".nii.gz") if name.lower().endswith(".nii.gz") else len(".nii")
+    return name[-length:]
+
+
+def real_path(path: str | os.PathLike) -> Path:
+    """The path with every symbolic link resolved; a dangling or looping link resolves as far as it goes."""
+    return Path(os.path.realpath(path))
+
+
+def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
+    """Open a NIfTI-1 or NIfTI-2 file lazily whatever the letter case of its extension.
+
+    ``nib.load`` looks for ``x.nii`` when given ``x.Nii``; a file map of the exact name avoids that, and the
+    compression follows the ``.gz`` extension in any case.
+    """
+    holder = nib.FileHolder(filename=os.fspath(path))
+    try:
+        return nib.Nifti1Image.from_file_map({"header": holder, "image": holder})
+    except nib.spatialimages.HeaderDataError:  # a NIfTI-2 header has another size
+        return nib.Nifti2Image.from_file_map({"header": holder, "image": holder})
+
+
+def as_path(value: Any, option: str) -> Path:
+    """A folder option as a path; the command line turns ``--output_dir 2024`` into an int, which is a name too.
+
+    Raises:
+        TypeError: ``value`` is neither a path nor a number (e.g. None, a list, True), naming ``option``.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Path(str(value))
+    if isinstance(value, str | os.PathLike) and os.fspath(value):
+        return Path(value)
+    raise TypeError(f"--{option}: expected a folder path, got {value!r}")
+
+
+def check_output_postfix(postfix: Any) -> str:
+    """Refuse a file-name postfix that could leave the output folder or hide the file.
+
+    Raises:
+        ValueError: the postfix holds a path separator, ``..`` or a NUL character, naming ``--output_postfix``.
+        TypeError: the postfix is not a string.
+    """
+    if isinstance(postfix, int) and not isinstance(postfix, bool):
+        postfix = str(postfix)
+    if not isinstance(postfix, str):
+        raise TypeError(f"--output_postfix: expected a string, got {postfix!r}")
+    separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if any(separator in postfix for separator in separators) or ".." in postfix or "\0" in postfix:
+        raise ValueError(
+            f"--output_postfix {postfix!r}: must not contain path separators, '..' or NUL characters "
+            "(it is appended to each output file name, e.g. _seg)"
+        )
+    return postfix
+
+
+def mirrored_output_path(
+    image_path: Path, input_dir: str | os.PathLike, output_dir: str | os.PathLike, postfix: str = ""
+) -> Path:
+    """Map ``input_dir/a/b/name.nii.gz`` to ``output_dir/a/b/name{postfix}.nii.gz`` (extension kept as written)."""
+    relative = Path(image_path).relative_to(input_dir)
+    suffix = nifti_suffix(relative.name)
+    return Path(output_dir) / relative.parent / f"{relative.name[: -len(suffix)]}{postfix}{suffix}"
+
+
+def is_own_segmentation(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a segmentation written by :func:`write_segmentation` (reads the header only)."""
+    try:
+        header = load_nifti(path).header
+        return bytes(header["descrip"].tobytes()).rstrip(b"\0") == SEGMENTATION_DESCRIPTION
+    except Exception:  # anything unreadable is not one of ours
+        return False
+
+
+@dataclass
+class FolderReport:
+    """What a folder inference did with each file it found."""
+
+    written: list[Path] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)
+    skipped: dict[Path, str] = field(default_factory=dict)
+    failures: dict[Path, str] = field(default_factory=dict)
+
+    def fail(self, path: str | os.PathLike, reason: str) -> None:
+        """Record that ``path`` could not be segmented, and say so at once on stderr."""
+        self.failures[Path(path)] = reason
+        print(f"FAILED {path}: {reason}", file=sys.stderr, flush=True)
+
+    def summary(self) -> str:
+        """Counts, then one line per file found and not segmented, with its reason."""
+        lines = [
+            f"segmented {len(self.written)} file(s), kept {len(self.kept)} existing output(s), "
+            f"{len(self.failures)} failure(s)"
+        ]
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} file(s) that cannot be segmented:")
+        if self.kept:
+            lines.append("existing outputs were not replaced (pass --overwrite True to replace them):")
+            lines += [f"KEPT {path}" for path in self.kept]
+        lines += [f"SKIPPED {path}: {reason}" for path, reason in self.skipped.items()]
+        lines += [f"FAILED {path}: {reason}" for path, reason in self.failures.items()]
+        return "\n".join(lines)
+
+    def conclude(self, output_dir: str | os.PathLike | int) -> None:
+        """Print the summary; exit with status 1 when any file failed (a skipped file is not a failure).
+
+        Raises:
+            SystemExit: with status 1 when some file failed.
+        """
+        print(self.summary())
+        print(f"outputs under {as_path(output_dir, 'output_dir').resolve()}", flush=True)
+        if self.failures:
+            raise SystemExit(1)
+
+
+def unusable_reason(path: Path) -> str | None:
+    """Why a (non-hidden) directory entry named like a NIfTI file cannot be read as one, or None when it can."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return f"dangling symbolic link (its target {os.readlink(path)} does not exist)"
+    except OSError as error:  # ELOOP for a symbolic link loop, EACCES for a folder without search permission
+        return f"cannot be opened ({error.strerror or error})"
+    if not path.is_file():
+        return "not a regular file"
+    if status.st_size == 0:
+        return "empty file"
+    if not os.access(path, os.R_OK):
+        return "not readable (permission denied)"
+    return None
+
+
+@dataclass
+class FolderPlan:
+    """The cases a folder inference segments, decided before any network runs.
+
+    Args:
+        input_dir: folder searched recursively (symbolic links to folders are not followed).
+        output_dir: root of the outputs; not the input folder itself. It may lie inside the input folder: its own
+            earlier segmentations are then recognised and left out, any other file in it is an input.
+        postfix: appended to each output file's stem.
+        overwrite: replace existing outputs (never an input file).
+
+    Attributes:
+        cases: one ``{"image": input path, "source": input path, "output": output path}`` per file to segment.
+        report: the files left out so far (skipped, kept) and, filled later, what was written or failed.
+
+    Raises:
+        NotADirectoryError: the input folder does not exist, or the output folder is a file.
+        ValueError: the output folder is the input folder, or a bad postfix.
+        TypeError: ``overwrite`` is not a bool, or a folder option is not a path.
+        FileNotFoundError: the input folder holds no NIfTI file at all.
+    """
+
+    input_dir: Any
+    output_dir: Any
+    postfix: Any = ""
+    overwrite: bool = False
+    cases: list[dict[str, str]] = field(init=False, default_factory=list)
+    report: FolderReport = field(init=False, default_factory=FolderReport)
+    _protected: set[Path] = field(init=False, repr=False, default_factory=set)  # real paths of the user's files
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.overwrite, bool):
+            raise TypeError(f"--overwrite: expected True or False, got {self.overwrite!r}")
+        self.input_dir = as_path(self.input_dir, "dataset_dir")
+        self.output_dir = as_path(self.output_dir, "output_dir")
+        self.postfix = check_output_postfix(self.postfix)
+        if not self.input_dir.is_dir():
+            raise NotADirectoryError(f"--dataset_dir {self.input_dir}: input folder does not exist or is not a folder")
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise NotADirectoryError(f"--output_dir {self.output_dir}: exists and is not a folder")
+        if real_path(self.input_dir) == real_path(self.output_dir):
+            raise ValueError(
+                f"--output_dir {self.output_dir}: is the input folder (--dataset_dir); choose another output folder"
+            )
+        found = self._discover()
+        if not (found or self.report.skipped or self.report.failures):
+            raise FileNotFoundError(
+                f"--dataset_dir {self.input_dir}: no .nii or .nii.gz files found (searched recursively)"
+            )
+        self._plan(found)
+
+    def _discover(self) -> list[Path]:
+        """Every usable NIfTI input, sorted; the unusable ones go to the report with their reason.
+
+        Every user file named like a NIfTI file (usable or not) is also recorded as protected from writing.
+        """
+        output_root = real_path(self.output_dir)
+        found = []
+        for folder, subfolders, files in os.walk(self.input_dir, followlinks=False):
+            folder_path = Path(folder)
+            for name in sorted(subfolders):
+                if (folder_path / name).is_symlink():
+                    self.report.skipped[folder_path / name] = "symbolic link to a folder, not followed"
+            subfolders.sort()
+            for name in sorted(files):
+                path = folder_path / name
+                if not is_nifti(name):
+                    continue
+                if real_path(path).is_relative_to(output_root) and is_own_segmentation(path):
+                    self.report.skipped[path] = "a segmentation written by folder inference into the output folder"
+                    continue
+                self._protected.add(real_path(path))
+                if name.startswith("."):
+                    self.report.skipped[path] = "hidden file (name starts with '.'), not segmented"
+                elif (reason := unusable_reason(path)) is not None:
+                    self.report.fail(path, reason)
+                else:
+                    found.append(path)
+        return sorted(found)
+
+    def _plan(self, found: list[Path]) -> None:
+        """Decide each input's output, refusing any that would replace an input or leave the output folder."""
+        output_root = real_path(self.output_dir)
+        planned: dict[Path, Path] = {}
+        for path in found:
+            output = mirrored_output_path(path, self.input_dir, self.output_dir, self.postfix)
+            resolved = real_path(output)
+            if resolved in self._protected:
+                conflict = "would replace an input file; choose an output folder that holds no inputs"
+            elif not resolved.is_relative_to(output_root):
+                conflict = "leads outside the output folder (through a symbolic link)"
+            elif resolved in planned:
+                conflict = f"is also the output of {planned[resolved]}"
+            elif output.is_symlink():
+                conflict = "is a symbolic link; not replaced"
+            elif output.exists() and not output.is_file():
+                conflict = "exists and is not a file"
+            else:
+                conflict = None
+            if conflict is not None:
+                self.report.fail(path, f"its output {output} {conflict}")
+            elif output.exists() and not self.overwrite:
+                self.report.kept.append(output)
+            else:
+                planned[resolved] = path
+                self.cases.append({"image": os.fspath(path), "source": os.fspath(path), "output": os.fspath(output)})
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_nifti_atomic(image: nib.Nifti1Image, path: str | os.PathLike, replace: bool = False) -> Path:
+    """Write ``image`` so that ``path`` holds either nothing, its earlier file or the complete new one.
+
+    The file is serialised in memory (gzip for a ``.gz`` name of any case), written to a hidden temporary file in
+    the same folder and then moved into place; the mode follows the umask like a plain ``open``. Without
+    ``replace`` the final step refuses to replace a file that appeared in the meantime.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``replace`` is False.
+        OSError: the file cannot be written (full disk, permissions); no temporary file is left behind.
+    """
+    path = Path(path)
+    payload = image.to_bytes()
+    if path.name.lower().endswith(".gz"):
+        payload = gzip.compress(payload, compresslevel=1, mtime=0)  # same labels, same bytes
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(payload)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~_current_umask())
+        if replace:
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)  # fails if the destination exists, unlike a rename
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return path
+
+
+def write_segmentation(
+    label: np.ndarray, reference_path: str | os.PathLike, path: str | os.PathLike, replace: bool = False
+) -> Path:
+    """Write a label map with the geometry (shape, affine, qform/sform, units) of the input at ``reference_path``.
+
+    Args:
+        label: integer labels on the reference grid; extra trailing axes of size 1 (a 2D input segmented as a
+            one-slice volume) are dropped.
+        reference_path: the input image the labels belong to.
+        path: destination file.
+        replace: replace an existing file.
+
+    Raises:
+        ValueError: ``label`` does not fit the reference's spatial shape.
+        OSError: the file cannot be written; the message names it.
+    """
+    reference = load_nifti(reference_path)
+    spatial_shape = tuple(reference.shape[:3])
+    if label.shape != spatial_shape and label.size == int(np.prod(spatial_shape)):
+        label = label.reshape(spatial_shape)  # only singleton axes differ: a 2D input handled as one slice
+    if tuple(label.shape) != spatial_shape:
+        raise ValueError(f"segmentation shape {label.shape} differs from the input's {spatial_shape}")
+    dtype = np.uint8 if label.max(initial=0) < 256 else np.uint16
+    header = reference.header.copy()
+    header.set_data_dtype(dtype)
+    output = nib.Nifti1Image(label.astype(dtype, copy=False), reference.affine, header)
+    output.header.set_slope_inter(1.0, 0.0)
+    output.header["descrip"] = SEGMENTATION_DESCRIPTION
+    output.header.set_intent(NIFTI_INTENT_LABEL)
+    try:
+        return write_nifti_atomic(output, path, replace=replace)
+    except FileExistsError as error:
+        raise FileExistsError(f"{path}: appeared while segmenting; not replaced (pass --overwrite True)") from error
+    except OSError as error:  # full disk, lost permissions: name the output (the summary names the input)
+        raise OSError(error.errno, f"{path}: cannot write the segmentation ({error.strerror or error})") from error
+
+
+def discover_images(input_dir: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
+    """List the readable NIfTI files under ``input_dir`` recursively, sorted, skipping hidden ones and ``exclude``.
+
+    Raises:
+        NotADirectoryError: ``input_dir`` is not a folder.
+    """
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise NotADirectoryError(f"{input_dir}: input folder does not exist or is not a folder")
+    excluded = real_path(exclude) if exclude is not None else None
+    found = []
+    for folder, _, files in os.walk(input_dir):
+        for name in files:
+            path = Path(folder) / name
+            if not is_nifti(name) or name.startswith(".") or unusable_reason(path) is not None:
+                continue
+            if excluded is None or not real_path(path).is_relative_to(excluded):
+                found.append(path)
+    return sorted(found)

@@ -1,0 +1,114 @@
+"""Labels on each input's own grid from class scores on the network's grid, in memory that does not grow with classes.
+
+MONAI's usual postprocessing (softmax, ``Invertd`` of every class channel, argmax) carries all ``C`` class
+probabilities through the inverse resampling: ``C`` float32 copies of the input volume, several times over. Linear
+(and area or nearest) resampling treats channels independently, so the same labels come from inverting a few
+channels at a time and keeping a running maximum: the peak then holds ``channels_per_step`` input-sized channels
+instead of ``C``. The softmax is taken on the network grid with one shared log-sum-exp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import Invertd, InvertibleTransform, MapTransform
+
+
+def count_non_finite(tensor: torch.Tensor) -> tuple[int, int]:
+    """The numbers of NaN and of infinite values in ``tensor``."""
+    return int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+
+
+class InvertedArgmaxd(MapTransform):
+    """Replace class scores ``(C, *network grid)`` by labels ``(1, *input grid)``, inverting the preprocessing.
+
+    Gives the labels of ``Activationsd(softmax=True)``, ``Invertd(nearest_interp=False)`` and
+    ``AsDiscreted(argmax=True)`` in a row (ties go to the lower class, as ``argmax``).
+
+    Args:
+        keys: keys of the class scores (logits).
+        transform: the preprocessing applied to ``orig_keys`` (e.g. the inference config's ``preprocessing``).
+        orig_keys: key of the preprocessed image that carries the applied operations.
+        softmax: turn logits into probabilities before the inverse resampling (as the usual pipeline does).
+        channels_per_step: class channels inverted together: 1 holds least memory, ``C`` is the usual pipeline.
+        argmax_first: take the argmax on the network grid and invert the labels by nearest neighbour: least
+            memory and time, but label borders follow the network grid instead of interpolated probabilities.
+        allow_missing_keys: don't raise an error for a missing key.
+
+    Raises:
+        ValueError: the scores hold NaN or infinite values (e.g. weights spoilt in training), naming the image.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        transform: InvertibleTransform,
+        orig_keys: str = "image",
+        softmax: bool = True,
+        channels_per_step: int = 1,
+        argmax_first: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if channels_per_step < 1:
+            raise ValueError(f"channels_per_step must be at least 1, got {channels_per_step}")
+        self.orig_keys = orig_keys
+        self.softmax = softmax
+        self.channels_per_step = channels_per_step
+        self.argmax_first = argmax_first
+        self.inverter = Invertd("scores", transform, orig_keys=orig_keys, nearest_interp=argmax_first)
+
+    def _invert(self, scores: torch.Tensor, data: Mapping[Hashable, Any]) -> MetaTensor:
+        return self.inverter({"scores": MetaTensor(scores), self.orig_keys: data[self.orig_keys]})["scores"]
+
+    def _chunks(self, scores: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+        """Views of ``channels_per_step`` channels with the index of their first channel."""
+        return [
+            (start, scores[start : start + self.channels_per_step])
+            for start in range(0, len(scores), self.channels_per_step)
+        ]
+
+    def _log_total(self, scores: torch.Tensor) -> torch.Tensor:
+        """``logsumexp`` over the channels, without a temporary as large as ``scores``."""
+        maximum = scores.amax(0, keepdim=True)
+        total = torch.zeros_like(maximum)
+        for _, chunk in self._chunks(scores):
+            total += torch.exp(chunk - maximum).sum(0, keepdim=True)
+        return maximum + torch.log(total)
+
+    def labels(self, scores: torch.Tensor, data: Mapping[Hashable, Any]) -> MetaTensor:
+        """Labels ``(1, *input grid)`` for the scores ``(C, *network grid)`` of the image in ``data``."""
+        scores = scores.as_tensor() if isinstance(scores, MetaTensor) else scores
+        counts = [count_non_finite(chunk) for _, chunk in self._chunks(scores)]
+        nan, inf = sum(count[0] for count in counts), sum(count[1] for count in counts)
+        if nan or inf:
+            source = getattr(data[self.orig_keys], "meta", {}).get("filename_or_obj", "the image")
+            raise ValueError(f"{source}: the network output holds {nan} NaN and {inf} infinite values")
+        if self.argmax_first:
+            return self._invert(scores.argmax(0, keepdim=True).to(torch.float32), data).round().to(torch.int16)
+        log_total = self._log_total(scores) if self.softmax else None
+        best_value, best_label, meta = None, None, {}
+        for start, chunk in self._chunks(scores):
+            inverted = self._invert(torch.exp(chunk - log_total) if self.softmax else chunk, data)
+            meta = meta or dict(inverted.meta)  # holds the affine of the input grid
+            value, label = inverted.as_tensor().max(0, keepdim=True)
+            label = label.to(torch.int16) + start
+            if best_value is None:
+                best_value, best_label = value, label
+            else:
+                better = value > best_value  # strict: a tie keeps the lower class, as argmax does
+                best_value = torch.where(better, value, best_value)
+                best_label = torch.where(better, label, best_label)
+            del inverted, value, label
+        return MetaTensor(best_label, meta=meta)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Replace the scores of each key by their labels on the input grid."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.labels(d[key], d)
+        return d
