@@ -315,7 +315,7 @@ def test_missing_or_mismatched_weights_stop_the_run(tmp_path):
     torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "model.pt")
     with pytest.raises(RuntimeError) as error_info:
         segment(tmp_path, tmp_path / "in", tmp_path / "out")
-    assert "does not fit this network" in str(error_info.value.__cause__)
+    assert "does not fit the network" in str(error_info.value.__cause__)
     assert not (tmp_path / "out").exists()
 
 
