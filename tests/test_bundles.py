@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from monai.bundle import ConfigParser, run, verify_metadata, verify_net_in_out
 from monai.losses import DiceLoss, FocalLoss
+from rw_compat import COMPACT_MAPS, dense_overrides, heads_overrides
 
 from common.fake_releases import write_fake_brats, write_fake_kits19, write_fake_msd
-from common.handlers import AlphaScheduleHandler
 from common.losses import ExpLogLoss, MultiResolutionLoss, RegionWiseLoss, RWCombinedLoss, RWWeightedCrossEntropyLoss
 from common.synthetic import write_acdc_dataset
 
@@ -38,6 +38,9 @@ TINY_2D = {"patch_size": [64, 64], "filters": [4, 8, 8, 16, 16, 16], "sw_batch_s
 TINY_WONG = {"patch_size": [32, 32, 32], "channels": [2, 4, 4, 8, 8], "convs_per_block": [1, 1, 1, 1, 1]}
 TINY_SA_UNET = {"patch_size": [16, 16, 16], "filters": [4, 8, 8, 8]}
 BRAIN_LABELS = ("background", "thalamus", "caudate", "hippocampus")
+RW_TRAINING = {"samples_per_volume": 2, "iterations_per_epoch": 2}  # nnU-Net epochs are 250 iterations
+RW_LOSSES = {"rrw": RegionWiseLoss, "boundary": RWCombinedLoss, "dice": DiceLoss, "focal": FocalLoss}
+RW_LOSSES["rrw_ce"] = RWWeightedCrossEntropyLoss
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,9 @@ class BundleCase:
 
 # the bundles run end to end: those that extend no other bundle
 CASES = {
-    "acdc17_rrw": BundleCase("acdc", TINY_2D, {"samples_per_volume": 2}),
-    "brats18_rrw": BundleCase("brats", TINY_2D, {"samples_per_volume": 2}, frozenset({0, 1, 2, 4}), True),
-    "kits19_rrw": BundleCase("kits19", TINY_2D, {"samples_per_volume": 2}, frozenset({0, 1, 2})),
+    "acdc17_rrw": BundleCase("acdc", TINY_2D, RW_TRAINING),
+    "brats18_rrw": BundleCase("brats", TINY_2D, RW_TRAINING, frozenset({0, 1, 2, 4}), True),
+    "kits19_rrw": BundleCase("kits19", TINY_2D, RW_TRAINING, frozenset({0, 1, 2})),
     "brain_explog": BundleCase("msd_brain", TINY_WONG, inference={"num_classes": len(BRAIN_LABELS)}),
     "brain_explog_vnet": BundleCase(
         "msd_brain", {"patch_size": [32, 32, 32]}, inference={"num_classes": len(BRAIN_LABELS)}
@@ -72,7 +75,7 @@ METHODS = {
         f"{data}_{suffix}": method
         for data in ("acdc17", "brats18", "kits19")
         for suffix, method in (
-            ("rrw", "rw"),
+            ("rrw", "rrw"),
             ("boundary", "boundary"),
             ("dice", "dice"),
             ("focal", "focal"),
@@ -251,30 +254,18 @@ def test_metadata_is_valid_and_matches_the_network(name, schema_file):
 @pytest.mark.parametrize("name", ALL_BUNDLES)
 def test_train_config_builds_the_loss_of_its_pairing(name):
     parser = ConfigParser()
-    parser.read_config(str(BUNDLES_DIR / name / "configs" / "train.yaml"))
+    train_config = BUNDLES_DIR / name / "configs" / "train.yaml"
+    parser.read_config(str(train_config))
     parser.update({**CASES[root_bundle(name)].network, "num_classes": 3, "in_channels": 1, "label_weights": None})
+    parser.update(dense_overrides(train_config))
     method = METHODS[name]
     assert parser["method"] == method
     target_key = parser.get_parsed_content("target_key")
     loss = parser.get_parsed_content("loss")
-    if method in {"rw", "boundary", "dice", "focal", "rrw_ce"}:
-        expected = {
-            "rw": (RegionWiseLoss, "rw_map", "rrw"),
-            "boundary": (RWCombinedLoss, "target", "boundary"),
-            "dice": (DiceLoss, "label", "rrw"),
-            "focal": (FocalLoss, "label", "rrw"),
-            "rrw_ce": (RWWeightedCrossEntropyLoss, "target", "rrw"),
-        }[method]
-        method_loss = parser.get_parsed_content("method_loss")
-        assert loss.loss is method_loss
-        assert (type(method_loss), target_key, parser.get_parsed_content("map_type")) == expected
-        handlers = parser.get_parsed_content("train#extra_handlers")
-        assert [type(handler) for handler in handlers] == ([AlphaScheduleHandler] if method == "boundary" else [])
-        if method == "boundary":  # alpha from 1 down by 0.01 per epoch to 0.01
-            assert (method_loss.region, method_loss.schedule) == ("dice", "gradual")
-            assert [method_loss.set_epoch(epoch) for epoch in (0, 1, 150)] == pytest.approx([1.0, 0.99, 0.01])
-        if method == "focal":
-            assert method_loss.gamma == 2.0
+    if method in RW_LOSSES:  # the details of the RW paper's protocol: tests/test_rw_protocol.py
+        assert type(loss.loss) is RW_LOSSES[method]
+        dense_rrw = method == "rrw" and not COMPACT_MAPS  # RegionWiseLoss on the dense map alone
+        assert target_key == ("label" if method in ("dice", "focal") else "rw_map" if dense_rrw else "target")
     elif method == "exp_log":
         assert isinstance(loss, MultiResolutionLoss) and isinstance(loss.loss, ExpLogLoss)
         assert (loss.loss.w_dice, loss.loss.w_cross, loss.loss.gamma, target_key) == (0.8, 0.2, 0.3, "label")
@@ -298,8 +289,9 @@ def test_inference_config_repeats_the_training_network(name):
     inference.read_config(str(configs / "inference.yaml"))
     assert "network_def" in inference.get()
     sections = GENERATOR["compose"](BUNDLES_DIR / name / "bundle.yaml")[0]
-    shared = set(sections["shared"]) - set(sections["train"])  # train.yaml may read e.g. num_classes from the datalist
-    assert {"network_def", "patch_size"} <= shared
+    assert {"network_def", "patch_size"} <= set(sections["shared"])
+    # train.yaml may read e.g. num_classes from the datalist; the RW family trains a network_def with heads
+    shared = set(sections["shared"]) - set(sections["train"])
     for key in shared:
         assert inference[key] == train[key], key
 
@@ -331,11 +323,11 @@ def test_bundle_trains_evaluates_and_segments(name, releases, tmp_path):
         "epochs": 1,
         "num_workers": 0,
     }
-    run(config_file=train, **overrides)
+    run(config_file=train, **overrides, **dense_overrides(train))
     assert (tmp_path / "models" / "model.pt").is_file() and (tmp_path / "models" / "checkpoint_final.pt").is_file()
     assert [row["epoch"] for row in read_rows(tmp_path / "eval" / "validation_metrics.csv")] == ["1"]
 
-    run(config_file=[train, evaluate], **overrides)
+    run(config_file=[train, evaluate], **overrides, **dense_overrides(train))
     rows = read_rows(tmp_path / "eval" / "evaluation" / "case_metrics_per_case.csv")
     parser = ConfigParser()
     parser.read_config([train, evaluate])
@@ -352,6 +344,7 @@ def test_bundle_trains_evaluates_and_segments(name, releases, tmp_path):
         source = stack_modalities(validation_case["image"], release, inputs / "case.nii.gz")
     else:
         source = Path(shutil.copy(validation_case["image"], inputs / "case.nii.gz"))
+    settings.update(heads_overrides(inference))
     run(config_file=inference, dataset_dir=str(inputs), output_dir=str(outputs), progress=False, **settings)
     result = nib.load(outputs / "case.nii.gz")
     assert result.shape == nib.load(source).shape[:3]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from monai.networks.nets import DynUNet
+from monai.networks.nets.dynunet import DynUNetSkipLayer
 
 __all__ = ["DeepSupervisionDynUNet"]
 
@@ -16,8 +19,19 @@ class DeepSupervisionDynUNet(DynUNet):
     list of outputs). This subclass returns ``[full, 1/2, 1/4, ...]`` (``1 + deep_supr_num`` tensors, highest
     resolution first) in training mode with ``deep_supervision=True`` and one ``(B, C, *spatial)`` tensor
     otherwise. It adds no parameters: its state dict is ``DynUNet``'s, so the weights load into a plain
-    ``DynUNet`` (without the ``deep_supervision_heads.*`` entries when that one has no heads).
+    ``DynUNet`` without heads once the ``deep_supervision_heads.*`` entries are dropped. (MONAI registers each head
+    twice, also as ``skip_layers...super_head``; here the skip layers keep a plain reference, so every head's
+    weights appear once, under ``deep_supervision_heads``.)
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        layer = self.skip_layers
+        while isinstance(layer, DynUNetSkipLayer):
+            head = layer._modules.pop("super_head", None)
+            if head is not None:
+                object.__setattr__(layer, "super_head", head)  # still called in forward, not a second registration
+            layer = layer.next_layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:  # type: ignore[override]
         """Segment ``x``; in training with deep supervision, also return the heads at their own resolutions."""
