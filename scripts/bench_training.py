@@ -33,13 +33,14 @@ from common.synthetic import write_acdc_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"dice": "acdc17_dice", "rw-moved": "acdc17_rrw", "rw-recomputed": "acdc17_rrw"}
-RECOMPUTED = {  # the map made after the spatial augmentation, on each 2D patch (no affine left: voxel units)
+RECOMPUTED = {  # the map made after the spatial augmentation, on each 2D patch's label (target), in voxel units
     "train#map_transforms": [],
     "label_keys": ["label"],
+    "train#rw_map#keys": "target",
     "train#rw_map#spacing_from_affine": False,
-    "train#target_transforms": [{"_target_": "ConcatItemsd", "keys": ["label", "rw_map"], "name": "target"}],
-    "train#sampling": "$@train#slice_sampling + @train#spatial_augmentation + [@train#rw_map]"
-    " + @train#intensity_augmentation + @train#mirroring + @train#target_transforms",
+    "train#sampling": "$@train#slice_sampling + @train#spatial_augmentation + [@train#rw_map, @train#map_to_target]"
+    " + @train#intensity_augmentation + @train#mirroring",
+    "train#map_to_target": {"_target_": "ConcatItemsd", "keys": ["target", "rw_map"], "name": "target"},
 }
 
 
@@ -49,7 +50,7 @@ def dense_map_overrides(parser: ConfigParser) -> dict[str, Any]:
     rw_map = {key: value for key, value in parser["train"]["rw_map"].items() if key != "compact"}
     overrides: dict[str, Any] = {"loss#loss": loss, "train#rw_map": rw_map}
     if loss["_target_"] == "common.losses.RegionWiseLoss":
-        overrides.update({"target_key": "rw_map", "train#target_transforms": []})
+        overrides["label_keys"] = ["rw_map"]  # the dense map alone is its target
     return overrides
 
 
@@ -63,7 +64,7 @@ def build(variant: str, settings: dict[str, Any], dense_maps: bool) -> tuple[Con
     if variant == "rw-recomputed":
         parser.update(RECOMPUTED)
         if dense_maps:
-            parser.update({"target_key": "rw_map", "train#target_transforms": []})
+            parser.update({"train#map_to_target#keys": ["rw_map"]})
     parser.update({"train#trainer#train_handlers": "@train#extra_handlers"})  # no validation, saving or logging
     start = time.perf_counter()
     parser.get_parsed_content("train#dataset")
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:
             settings.update({"filters": [8, 16, 32, 32, 32, 32], "patch_size": [96, 96], "samples_per_volume": 4})
         built = {variant: build(variant, settings, args.dense_maps) for variant in VARIANTS}
-        for variant, (config, _) in built.items():  # warm-up: allocator, threads, first-call costs
+        for config, _ in built.values():  # warm-up: allocator, threads, first-call costs
             time_data(config, 1)
             time_training(config, iterations)
         rates: dict[str, dict[str, list[float]]] = {variant: {"data": [], "train": []} for variant in VARIANTS}
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.get_num_threads()} torch threads"
     )
     print(f"{'variant':<15} {'cache fill s':>12} {'data batch/s':>13} {'x dice':>7} {'train it/s':>11} {'x dice':>7}")
-    medians = {variant: {kind: statistics.median(values) for kind, values in rates[variant].items()} for variant in rates}
+    medians = {name: {kind: statistics.median(values) for kind, values in rates[name].items()} for name in rates}
     for variant in VARIANTS:
         data, train = medians[variant]["data"], medians[variant]["train"]
         print(

@@ -3,7 +3,7 @@
 The bundles are written for compact RRW maps (``RWMapd(compact=True)``, ``RegionWiseLoss(compact=True)``,
 target ``[label, map]``). Where the installed ``common`` predates that interface, :func:`dense_overrides` gives the
 config overrides that train the same bundle on dense maps: ``compact`` dropped, and ``RegionWiseLoss`` reading the
-dense map alone. Once the interface exists they are empty and the tests run the bundles as shipped.
+dense map alone as its target. Once the interface exists they are empty and the tests run the bundles as shipped.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def dense_overrides(train_config: str | Path) -> dict[str, Any]:
     if "rw_map" in parser["train"]:
         overrides["train#rw_map"] = _without_compact(parser["train"]["rw_map"])
     if inner_loss["_target_"] == "common.losses.RegionWiseLoss":
-        overrides.update({"target_key": "rw_map", "train#target_transforms": []})
+        overrides["label_keys"] = ["rw_map"]  # the dense map alone is the target (the crop still reads `label`)
     return overrides
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, run
 from monai.data import MetaTensor
+from rw_compat import COMPACT_MAPS, dense_overrides, heads_overrides
 
 from common.engines import StackedDeepSupervisionLoss
 from common.losses import RegionWiseLoss
@@ -42,28 +43,30 @@ def trained_run(prepared_release, tmp_path_factory) -> dict:
         "bundle_root": str(run_root),
         "epochs": 2,
         "samples_per_volume": 2,
+        "iterations_per_epoch": 2,
         "num_workers": 0,
         "seed": 1,
+        **dense_overrides(TRAIN),
     }
     run(config_file=TRAIN, **overrides)
     return overrides
 
 
-@pytest.mark.parametrize(("method", "map_type"), [("rw", "rrw"), ("boundary", "boundary"), ("rrw_ce", "rrw")])
-def test_method_override_picks_the_map(method, map_type):
+@pytest.mark.parametrize("bundle", ["acdc17_rrw", "acdc17_boundary"])
+def test_each_pairing_computes_its_map(bundle):
+    train = str(BUNDLE.parent / bundle / "configs" / "train.yaml")
     parser = ConfigParser()
-    parser.read_config(TRAIN)
-    parser["method"] = method
-    assert parser.get_parsed_content("map_type") == map_type
+    parser.read_config(train)
+    parser.update(dense_overrides(train))
     label = MetaTensor(torch.zeros(1, 12, 12, 3), affine=torch.diag(torch.tensor([1.5, 1.5, 8.0, 1.0])))
     label[:, 4:8, 4:8] = 3
     rw_map = parser.get_parsed_content("train#rw_map")({"label": label})["rw_map"]
-    assert rw_map.shape == (4, 12, 12, 3)
-    outside_lv = rw_map[3][label[0] == 0]
-    if map_type == "rrw":
-        assert torch.all(outside_lv == 1)
+    if bundle == "acdc17_boundary":  # dense RW-Boundary map: the distance to the LV grows away from it
+        assert rw_map.shape == (4, 12, 12, 3) and rw_map[3][label[0] == 0].max() > 1
+    elif COMPACT_MAPS:  # one value per voxel, its own class's RRW value in [-1, 0)
+        assert rw_map.shape == (1, 12, 12, 3) and bool(((rw_map >= -1) & (rw_map < 0)).all())
     else:
-        assert outside_lv.max() > 1  # RW-Boundary: distance to the LV grows away from it
+        assert rw_map.shape == (4, 12, 12, 3) and bool((rw_map[3][label[0] == 0] == 1).all())
 
 
 def test_training_writes_checkpoints_logs_and_per_epoch_metrics(trained_run):
@@ -123,7 +126,7 @@ def test_inference_segments_a_folder_on_each_inputs_grid(trained_run, prepared_r
     (inputs / "corrupt.nii.gz").write_bytes(b"\x1f\x8b broken")
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 2, 3), np.float32), np.eye(4)), inputs / "cine_4d.nii.gz")
     outputs = tmp_path / "out"
-    settings = {key: trained_run[key] for key in ("bundle_root", *TINY_NETWORK)}
+    settings = {key: trained_run[key] for key in ("bundle_root", *TINY_NETWORK)} | heads_overrides(INFERENCE)
 
     with pytest.raises(SystemExit) as exit_info:
         run(config_file=INFERENCE, dataset_dir=str(inputs), output_dir=str(outputs), progress=False, **settings)
@@ -163,8 +166,9 @@ def test_multi_gpu_config_trains_with_two_cpu_processes(prepared_release, tmp_pa
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
         "-m", "monai.bundle", "run", "--config_file", str([TRAIN, str(CONFIGS / "multi_gpu_train.yaml")]),
         "--dataset_dir", str(prepared_release), "--bundle_root", str(tmp_path), "--epochs", "1",
-        "--samples_per_volume", "2", "--num_workers", "0",
+        "--samples_per_volume", "2", "--iterations_per_epoch", "2", "--num_workers", "0",
         *[item for key, value in TINY_NETWORK.items() for item in (f"--{key}", json.dumps(value))],
+        *[item for key, value in dense_overrides(TRAIN).items() for item in (f"--{key}", repr(value))],
     ]  # fmt: skip
     result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -265,7 +265,10 @@ def test_train_config_builds_the_loss_of_its_pairing(name):
     if method in RW_LOSSES:  # the details of the RW paper's protocol: tests/test_rw_protocol.py
         assert type(loss.loss) is RW_LOSSES[method]
         dense_rrw = method == "rrw" and not COMPACT_MAPS  # RegionWiseLoss on the dense map alone
-        assert target_key == ("label" if method in ("dice", "focal") else "rw_map" if dense_rrw else "target")
+        label_keys = parser.get_parsed_content("label_keys")
+        assert target_key == "target" and label_keys == (
+            ["label"] if method in ("dice", "focal") else ["rw_map"] if dense_rrw else ["label", "rw_map"]
+        )
     elif method == "exp_log":
         assert isinstance(loss, MultiResolutionLoss) and isinstance(loss.loss, ExpLogLoss)
         assert (loss.loss.w_dice, loss.loss.w_cross, loss.loss.gamma, target_key) == (0.8, 0.2, 0.3, "label")

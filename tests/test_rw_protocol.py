@@ -150,8 +150,7 @@ def test_training_follows_nnunet_and_the_paper(name):
     sampling = parser.get_parsed_content("train#sampling")
     maps = [transform for transform in sampling if isinstance(transform, RWMapd)]
     if loss_name in ("dice", "focal"):  # the loss reads the label: no map computed, moved or concatenated
-        assert maps == [] and parser.get_parsed_content("target_key") == "label"
-        assert parser.get_parsed_content("spatial_keys") == ["image", "label"]
+        assert maps == [] and parser.get_parsed_content("label_keys") == ["label"]
     else:
         assert [transform.map_type for transform in maps] == ["boundary" if loss_name == "boundary" else "rrw"]
 
@@ -177,7 +176,9 @@ def test_augmented_rrw_maps_keep_exactly_one_negative_gradient_component(name):
     target_key = parser.get_parsed_content("target_key")
     for item in pipeline(sample):
         target = torch.as_tensor(item[target_key])[None]
-        true_class = torch.as_tensor(item["label"])[None].long()
+        # the label is the target's channel 0; a dense map alone as target (pre-compact RegionWiseLoss): its minimum
+        dense_map_alone = target.shape[1] == 3  # num_classes channels
+        true_class = target.argmin(dim=1, keepdim=True) if dense_map_alone else target[:, :1].long()
         assert target.shape[2:] == (64, 64)
         logits = torch.randn(1, 3, 64, 64, requires_grad=True)
         loss(logits, target).backward()
