@@ -20,7 +20,7 @@ from monai.data import MetaTensor
 from monai.losses import DiceLoss, FocalLoss
 from monai.networks.nets import DynUNet
 from monai.transforms import Compose
-from rw_compat import dense_overrides
+from rw_compat import COMPACT_MAPS, dense_overrides
 
 from common.evaluation import brats18_structures
 from common.gradient_clipping import GradientNormClipping
@@ -260,3 +260,24 @@ def test_brats18_structures_put_the_paper_labels_first():
         [str(BUNDLES_DIR / "brats18_focal" / "configs" / f"{part}.yaml") for part in ("train", "evaluate")]
     )
     assert parser["evaluation_structures"]["_target_"] == "common.evaluation.brats18_structures"
+
+
+@pytest.mark.parametrize("region", ["dice", "ce"])
+@pytest.mark.parametrize("schedule", ["equal", "gradual"])
+def test_sec44_strategies_are_one_line_overrides_of_the_boundary_bundle(region, schedule):
+    loss = config("acdc17_boundary", **{"loss#loss#region": region, "loss#loss#schedule": schedule}).get_parsed_content(
+        "loss#loss"
+    )
+    assert (type(loss), loss.region, loss.schedule) == (RWCombinedLoss, region, schedule)
+    loss.set_epoch(30)
+    assert loss.weights == pytest.approx((1.0, 1.0) if schedule == "equal" else (0.7, 0.3))
+
+
+@pytest.mark.skipif(not COMPACT_MAPS, reason="RWCombinedLoss(compact=...) not available yet")
+def test_sec44_strategies_on_rrw_maps_as_documented():
+    strategy = {"_target_": "common.losses.RWCombinedLoss", "region": "ce", "schedule": "gradual", "compact": True}
+    handlers = ["@gradient_clipping", {"_target_": "common.handlers.AlphaScheduleHandler", "loss": "@loss#loss"}]
+    parser = config("acdc17_rrw", **{"loss#loss": strategy, "train#extra_handlers": handlers})
+    loss = parser.get_parsed_content("loss#loss")
+    assert (type(loss), loss.region, loss.schedule) == (RWCombinedLoss, "ce", "gradual")
+    assert parser.get_parsed_content("train#extra_handlers")[1].loss is loss
