@@ -34,7 +34,7 @@ def dense_overrides(train_config: str | Path) -> dict[str, Any]:
     if not isinstance(inner_loss, dict) or "_target_" not in inner_loss:  # not an RW-family bundle
         return {}
     overrides: dict[str, Any] = {"loss#loss": _without_compact(inner_loss)}
-    if "rw_map" in parser["train"]:
+    if isinstance(parser["train"].get("rw_map"), dict):  # Dice and Focal pairings define no map
         overrides["train#rw_map"] = _without_compact(parser["train"]["rw_map"])
     if inner_loss["_target_"] == "common.losses.RegionWiseLoss":
         overrides["label_keys"] = ["rw_map"]  # the dense map alone is the target (the crop still reads `label`)
