@@ -149,7 +149,7 @@ def test_exported_bundle_runs_without_the_repository(exported, tmp_path):
     assert report["loaded_common"] == []
     assert Path(report["scripts_file"]) == exported / "scripts" / "__init__.py"
     assert report["verify_net_in_out"] == report["ckpt_export"] == "ok"
-    assert report["train_objects"] == ["StackedDeepSupervisionLoss", "Adam", "PolynomialLR", "Compose"]
+    assert report["train_objects"] == ["NNUNetDeepSupervisionLoss", "Adam", "PolynomialLR", "Compose"]
     if SCHEMA_FILE.is_file():
         assert report["verify_metadata"] == "ok"
 
