@@ -14,6 +14,7 @@ appears in the cache fill time. Reports medians over repeats and each variant's 
     python scripts/bench_training.py                       # full-size network, about 10 minutes on 2 cores
     python scripts/bench_training.py --quick               # narrow network and fewer iterations, a smoke run
     python scripts/bench_training.py --dense-maps          # dense (C, H, W) maps instead of compact ones
+    python scripts/bench_training.py --filters 8 16 32 32 32 32   # real-size data, a cheap network: data-bound
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=int, default=0, help="data loader workers (0: in the main process)")
     parser.add_argument("--dense-maps", action="store_true", help="dense (C, H, W) RW maps instead of compact")
     parser.add_argument("--subjects", type=int, default=6, help="synthetic subjects (half of them train)")
+    parser.add_argument("--filters", type=int, nargs=6, help="network filters (default: the bundle's 32-512)")
     args = parser.parse_args(argv)
     iterations = args.iterations or (4 if args.quick else 10)
     shape = (128, 112, 8) if args.quick else (256, 216, 10)
@@ -116,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.quick:
             settings.update({"filters": [8, 16, 32, 32, 32, 32], "patch_size": [96, 96], "samples_per_volume": 4})
+        if args.filters:
+            settings["filters"] = args.filters
         built = {variant: build(variant, settings, args.dense_maps) for variant in VARIANTS}
         for config, _ in built.values():  # warm-up: allocator, threads, first-call costs
             time_data(config, 1)
@@ -126,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                 rates[variant]["data"].append(time_data(config, iterations))
                 rates[variant]["train"].append(time_training(config, iterations))
     batch = f"{settings.get('samples_per_volume', 8) * 2} slices of {settings.get('patch_size', [224, 224])}"
+    network = settings.get("filters", "32-512 (the bundle's)")
     print(
-        f"ACDC-like volumes {shape}, batches of {batch}, {iterations} iterations per measurement, "
+        f"ACDC-like volumes {shape}, network filters {network}, batches of {batch}, "
+        f"{iterations} iterations per measurement, "
         f"{args.repeats} repeats, {args.num_workers} workers, {'dense' if args.dense_maps else 'compact'} maps, "
         f"{torch.get_num_threads()} torch threads"
     )
