@@ -116,6 +116,22 @@ def brats_regions(enhancing_label: int = 4) -> dict[str, tuple[int, ...]]:
     return {"WT": (1, 2, enhancing_label), "TC": (1, enhancing_label), "ET": (enhancing_label,)}
 
 
+def brats18_structures(enhancing_label: int = 4) -> dict[str, tuple[int, ...]]:
+    """BraTS18 structures in the RW paper's layout: each label (ET, ED, NCR_NET) first, then WT and TC.
+
+    The RW paper (Valverde & Tohka, Table 3) scores the labels themselves; the BraTS challenge scores the nested
+    regions. The enhancing-tumour region equals the ET label, so it appears once, as ``ET``.
+
+    Args:
+        enhancing_label: label value of the enhancing tumour (3 after the training pipeline's 0/1/2/4 -> 0..3).
+
+    Returns:
+        Mapping ``ET``, ``ED``, ``NCR_NET``, ``WT``, ``TC`` to their label values.
+    """
+    regions = brats_regions(enhancing_label)
+    return {"ET": regions["ET"], "ED": (2,), "NCR_NET": (1,), "WT": regions["WT"], "TC": regions["TC"]}
+
+
 def spacing_from_affine(affine: np.ndarray | torch.Tensor) -> tuple[float, ...]:
     """Voxel spacing (mm) along each array axis from a homogeneous affine.
 

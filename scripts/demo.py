@@ -32,7 +32,13 @@ MAP_FUNCTIONS = ("rrw_map", "boundary_map", "active_contour_map")
 
 # demo-sized settings, passed as ordinary command-line overrides to every bundle command that needs them
 NETWORK_OVERRIDES = {"patch_size": [64, 64], "filters": [16, 32, 64, 128, 256, 256]}
-TRAINING_OVERRIDES = {"learning_rate": 0.002, "batch_size": 2, "samples_per_volume": 6, "num_workers": 0}
+TRAINING_OVERRIDES = {
+    "learning_rate": 0.002,
+    "batch_size": 2,
+    "samples_per_volume": 6,
+    "iterations_per_epoch": 3,  # one pass over the 5 training volumes (the bundle's nnU-Net epoch is 250)
+    "num_workers": 0,
+}
 
 
 def parse_args() -> argparse.Namespace:

@@ -42,6 +42,7 @@ def trained_run(prepared_release, tmp_path_factory) -> dict:
         "bundle_root": str(run_root),
         "epochs": 2,
         "samples_per_volume": 2,
+        "iterations_per_epoch": 2,
         "num_workers": 0,
         "seed": 1,
     }
@@ -49,21 +50,18 @@ def trained_run(prepared_release, tmp_path_factory) -> dict:
     return overrides
 
 
-@pytest.mark.parametrize(("method", "map_type"), [("rw", "rrw"), ("boundary", "boundary"), ("rrw_ce", "rrw")])
-def test_method_override_picks_the_map(method, map_type):
+@pytest.mark.parametrize("bundle", ["acdc17_rrw", "acdc17_boundary"])
+def test_each_pairing_computes_its_map(bundle):
+    train = str(BUNDLE.parent / bundle / "configs" / "train.yaml")
     parser = ConfigParser()
-    parser.read_config(TRAIN)
-    parser["method"] = method
-    assert parser.get_parsed_content("map_type") == map_type
+    parser.read_config(train)
     label = MetaTensor(torch.zeros(1, 12, 12, 3), affine=torch.diag(torch.tensor([1.5, 1.5, 8.0, 1.0])))
     label[:, 4:8, 4:8] = 3
     rw_map = parser.get_parsed_content("train#rw_map")({"label": label})["rw_map"]
-    assert rw_map.shape == (4, 12, 12, 3)
-    outside_lv = rw_map[3][label[0] == 0]
-    if map_type == "rrw":
-        assert torch.all(outside_lv == 1)
-    else:
-        assert outside_lv.max() > 1  # RW-Boundary: distance to the LV grows away from it
+    if bundle == "acdc17_boundary":  # dense RW-Boundary map: the distance to the LV grows away from it
+        assert rw_map.shape == (4, 12, 12, 3) and rw_map[3][label[0] == 0].max() > 1
+    else:  # one value per voxel, its own class's RRW value in [-1, 0)
+        assert rw_map.shape == (1, 12, 12, 3) and bool(((rw_map >= -1) & (rw_map < 0)).all())
 
 
 def test_training_writes_checkpoints_logs_and_per_epoch_metrics(trained_run):
@@ -163,7 +161,7 @@ def test_multi_gpu_config_trains_with_two_cpu_processes(prepared_release, tmp_pa
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
         "-m", "monai.bundle", "run", "--config_file", str([TRAIN, str(CONFIGS / "multi_gpu_train.yaml")]),
         "--dataset_dir", str(prepared_release), "--bundle_root", str(tmp_path), "--epochs", "1",
-        "--samples_per_volume", "2", "--num_workers", "0",
+        "--samples_per_volume", "2", "--iterations_per_epoch", "2", "--num_workers", "0",
         *[item for key, value in TINY_NETWORK.items() for item in (f"--{key}", json.dumps(value))],
     ]  # fmt: skip
     result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)

@@ -25,8 +25,7 @@ from monai.bundle import ConfigParser, run, verify_metadata, verify_net_in_out
 from monai.losses import DiceLoss, FocalLoss
 
 from common.fake_releases import write_fake_brats, write_fake_kits19, write_fake_msd
-from common.handlers import AlphaScheduleHandler
-from common.losses import RegionWiseLoss, RWCombinedLoss, RWWeightedCrossEntropyLoss
+from common.losses import ExpLogLoss, MultiResolutionLoss, RegionWiseLoss, RWCombinedLoss, RWWeightedCrossEntropyLoss
 from common.synthetic import write_acdc_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning")
@@ -38,6 +37,9 @@ TINY_2D = {"patch_size": [64, 64], "filters": [4, 8, 8, 16, 16, 16], "sw_batch_s
 TINY_WONG = {"patch_size": [32, 32, 32], "channels": [2, 4, 4, 8, 8], "convs_per_block": [1, 1, 1, 1, 1]}
 TINY_SA_UNET = {"patch_size": [16, 16, 16], "filters": [4, 8, 8, 8]}
 BRAIN_LABELS = ("background", "thalamus", "caudate", "hippocampus")
+RW_TRAINING = {"samples_per_volume": 2, "iterations_per_epoch": 2}  # nnU-Net epochs are 250 iterations
+RW_LOSSES = {"rrw": RegionWiseLoss, "boundary": RWCombinedLoss, "dice": DiceLoss, "focal": FocalLoss}
+RW_LOSSES["rrw_ce"] = RWWeightedCrossEntropyLoss
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,9 @@ class BundleCase:
 
 # the bundles run end to end: those that extend no other bundle
 CASES = {
-    "acdc17_rrw": BundleCase("acdc", TINY_2D, {"samples_per_volume": 2}),
-    "brats18_rrw": BundleCase("brats", TINY_2D, {"samples_per_volume": 2}, frozenset({0, 1, 2, 4}), True),
-    "kits19_rrw": BundleCase("kits19", TINY_2D, {"samples_per_volume": 2}, frozenset({0, 1, 2})),
+    "acdc17_rrw": BundleCase("acdc", TINY_2D, RW_TRAINING),
+    "brats18_rrw": BundleCase("brats", TINY_2D, RW_TRAINING, frozenset({0, 1, 2, 4}), True),
+    "kits19_rrw": BundleCase("kits19", TINY_2D, RW_TRAINING, frozenset({0, 1, 2})),
     "brain_explog": BundleCase("msd_brain", TINY_WONG, inference={"num_classes": len(BRAIN_LABELS)}),
     "brain_explog_vnet": BundleCase(
         "msd_brain", {"patch_size": [32, 32, 32]}, inference={"num_classes": len(BRAIN_LABELS)}
@@ -74,7 +76,7 @@ METHODS = {
         f"{data}_{suffix}": method
         for data in ("acdc17", "brats18", "kits19")
         for suffix, method in (
-            ("rrw", "rw"),
+            ("rrw", "rrw"),
             ("boundary", "boundary"),
             ("dice", "dice"),
             ("focal", "focal"),
@@ -83,7 +85,7 @@ METHODS = {
     },
     **{
         f"msd_{suffix}": method
-        for suffix, method in (("rrw", "rw"), ("boundary", "boundary"), ("dice", "dice"), ("focal", "focal"))
+        for suffix, method in (("rrw", "rrw"), ("boundary", "boundary"), ("dice", "dice"), ("focal", "focal"))
     },
     "msd_rrw_ce": "rrw_ce",
 }
@@ -150,30 +152,30 @@ def test_metadata_is_valid_and_matches_the_network(name, schema_file):
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_train_config_builds_the_loss_of_its_pairing(name):
     parser = ConfigParser()
-    parser.read_config(str(BUNDLES_DIR / name / "configs" / "train.yaml"))
+    train_config = BUNDLES_DIR / name / "configs" / "train.yaml"
+    parser.read_config(str(train_config))
     parser.update({**CASES[root_bundle(name)].network, "num_classes": 3, "in_channels": 1, "label_weights": None})
     method = METHODS[name]
-    assert parser["method"] == method
     target_key = parser.get_parsed_content("target_key")
     loss = parser.get_parsed_content("loss")
-    if method in {"rw", "boundary", "dice", "focal", "rrw_ce"}:
-        expected = {
-            "rw": (RegionWiseLoss, "rw_map", "rrw"),
-            "boundary": (RWCombinedLoss, "target", "boundary"),
-            "dice": (DiceLoss, "label", "rrw"),
-            "focal": (FocalLoss, "label", "rrw"),
-            "rrw_ce": (RWWeightedCrossEntropyLoss, "target", "rrw"),
-        }[method]
-        method_loss = parser.get_parsed_content("method_loss")
-        assert loss.loss is method_loss
-        assert (type(method_loss), target_key, parser.get_parsed_content("map_type")) == expected
-        handlers = parser.get_parsed_content("train#extra_handlers")
-        assert [type(handler) for handler in handlers] == ([AlphaScheduleHandler] if method == "boundary" else [])
-        if method == "boundary":  # alpha from 1 down by 0.01 per epoch to 0.01
-            assert (method_loss.region, method_loss.schedule) == ("dice", "gradual")
-            assert [method_loss.set_epoch(epoch) for epoch in (0, 1, 150)] == pytest.approx([1.0, 0.99, 0.01])
-        if method == "focal":
-            assert method_loss.gamma == 2.0
+    if method in RW_LOSSES:  # the details of the RW paper's protocol: tests/test_rw_protocol.py
+        assert type(loss.loss) is RW_LOSSES[method]
+        label_keys = parser.get_parsed_content("label_keys")
+        expected_keys = ["label"] if method in ("dice", "focal") else ["label", "rw_map"]
+        assert target_key == "target" and label_keys == expected_keys
+    elif method == "exp_log":
+        assert isinstance(loss, MultiResolutionLoss) and isinstance(loss.loss, ExpLogLoss)
+        assert (loss.loss.w_dice, loss.loss.w_cross, loss.loss.gamma, target_key) == (0.8, 0.2, 0.3, "label")
+    else:
+        assert isinstance(loss, MultiResolutionLoss) and target_key == "label"
+        alpha = [1.0, 0.0, 0.0] if method == "sa_dice" else [1.0, 0.1, 0.01]
+        assert loss.alpha.detach().tolist() == pytest.approx(alpha)
+        trainable = method == "sa_dice_wmla_trainable"
+        assert bool(list(loss.parameters())) == trainable
+        if trainable:  # the learnt alpha reaches the optimiser
+            optimizer = parser.get_parsed_content("optimizer")
+            optimised = {id(parameter) for group in optimizer.param_groups for parameter in group["params"]}
+            assert id(loss.theta) in optimised
 
 
 @pytest.mark.parametrize("name", ALL_BUNDLES)
@@ -184,14 +186,9 @@ def test_inference_config_repeats_the_training_network(name):
     inference.read_config(str(configs / "inference.yaml"))
     assert "network_def" in inference.get()
     sections = GENERATOR["compose"](BUNDLES_DIR / name / "bundle.yaml")[0]
-    shared = set(sections["shared"]) - set(sections["train"])  # train.yaml may read e.g. num_classes from the datalist
-    assert "patch_size" in shared and "network_def" in sections["shared"]
-    heads = ("deep_supervision", "deep_supr_num")  # training may add the deep supervision heads, nothing else
-    networks = [
-        {key: value for key, value in config["network_def"].items() if key not in heads}
-        for config in (train, inference)
-    ]
-    assert networks[0] == networks[1]
+    assert {"network_def", "patch_size"} <= set(sections["shared"])
+    # train.yaml may read e.g. num_classes from the datalist; the RW family trains a network_def with heads
+    shared = set(sections["shared"]) - set(sections["train"])
     for key in shared:
         assert inference[key] == train[key], key
 

@@ -37,6 +37,7 @@ def distributed_run(prepared_acdc_release, tmp_path_factory) -> dict:
         "probe_dir": str(probe),
         "epochs": 2,
         "batch_size": 1,
+        "iterations_per_epoch": 2,  # one pass over each rank's 2 training volumes
         "samples_per_volume": 2,
         "num_workers": 0,
     }

@@ -31,12 +31,12 @@ from common.checkpoint import (
 pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TRAIN = REPO_ROOT / "bundles" / "acdc17_rrw" / "configs" / "train.yaml"
+TRAIN = REPO_ROOT / "bundles" / "acdc17_boundary" / "configs" / "train.yaml"  # Dice + RW-Boundary, gradual alpha
 OVERLAYS = REPO_ROOT / "tests" / "configs"
 CONFIGS = [str(TRAIN)]
 TINY_NETWORK = {"patch_size": [64, 64], "filters": [4, 8, 8, 16, 16, 16], "sw_batch_size": 8}
 EPOCHS = 3
-ITERATIONS_PER_EPOCH = 2  # 2 training subjects x 2 frames, 2 volumes per batch
+ITERATIONS_PER_EPOCH = 2
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def settings(dataset_dir: Path, bundle_root: Path) -> dict:
         "samples_per_volume": 2,
         "num_workers": 0,
         "seed": 1,
-        "method": "boundary",  # Dice + RW-Boundary with the gradual alpha schedule (alpha = 1 - 0.01 * epoch index)
+        "iterations_per_epoch": ITERATIONS_PER_EPOCH,  # alpha = 1 - 0.01 * epoch index
     }
 
 
@@ -114,7 +114,7 @@ def test_resumed_training_reaches_the_uninterrupted_state(uninterrupted, resumed
     assert actual["lr_scheduler"]["last_epoch"] == EPOCHS
     # the alpha schedule is a function of the restored epoch: 1 - 2 * 0.01 in epoch 3, in both runs
     for parser in (plain, resumed_parser):
-        assert parser.get_parsed_content("method_loss").alpha == pytest.approx(0.98)
+        assert parser.get_parsed_content("loss#loss").alpha == pytest.approx(0.98)
     # validation metrics of every epoch, the resumed part appended to the restored rows
     assert [row["epoch"] for row in actual["metrics_table"]["rows"]] == [1, 2, 3]
     # row by row: approx compares flat mappings only; weights agree to 1e-5, so the metrics to 1e-4

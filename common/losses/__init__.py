@@ -1,5 +1,6 @@
 """Segmentation losses of the three papers, MONAI-style `_Loss` subclasses."""
 
+from common.losses.deep_supervision import NNUNetDeepSupervisionLoss, nnunet_deep_supervision_weights
 from common.losses.exp_log import ExpLogLoss, label_weights_from_datalist, label_weights_from_frequencies
 from common.losses.focal import FocalLoss
 from common.losses.multi_resolution import MultiResolutionLoss
@@ -10,6 +11,7 @@ __all__ = [
     "ExpLogLoss",
     "FocalLoss",
     "MultiResolutionLoss",
+    "NNUNetDeepSupervisionLoss",
     "RWCombinedLoss",
     "RWWeightedCrossEntropyLoss",
     "RegionWiseLoss",
@@ -17,4 +19,5 @@ __all__ = [
     "SADiceLoss",
     "label_weights_from_datalist",
     "label_weights_from_frequencies",
+    "nnunet_deep_supervision_weights",
 ]

@@ -1,0 +1,292 @@
+"""The RW paper's protocol in the acdc17_*, brats18_* and kits19_* bundles (nnU-Net 2D as the authors ran it).
+
+Checked against values derived here independently: nnU-Net's deep-supervision weights and nearest downsampling,
+the authors' Dice and Focal formulas, the rectification of augmented RRW maps (sign of dL/dlogits), the schedules
+per 250-iteration epoch, the zoo's default data-shape check and TorchScript of the inference network.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigParser, verify_net_in_out
+from monai.data import MetaTensor
+from monai.losses import DiceLoss, FocalLoss
+from monai.networks.nets import DynUNet
+from monai.transforms import Compose
+
+from common.evaluation import brats18_structures
+from common.gradient_clipping import GradientNormClipping
+from common.handlers import AlphaScheduleHandler
+from common.losses import (
+    NNUNetDeepSupervisionLoss,
+    RegionWiseLoss,
+    RWCombinedLoss,
+    RWWeightedCrossEntropyLoss,
+    nnunet_deep_supervision_weights,
+)
+from common.networks import DeepSupervisionDynUNet
+from common.transforms import RWMapd
+
+pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning")
+
+BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
+DATASETS = {"acdc17": 300, "brats18": 100, "kits19": 100}  # data set -> the paper's epochs
+LOSSES = {
+    "rrw": RegionWiseLoss,
+    "dice": DiceLoss,
+    "focal": FocalLoss,
+    "rrw_ce": RWWeightedCrossEntropyLoss,
+    "boundary": RWCombinedLoss,
+}
+RW_BUNDLES = [f"{data}_{loss}" for data in DATASETS for loss in LOSSES]
+TINY = {"filters": [4, 8, 8, 16, 16, 16], "patch_size": [64, 64]}
+
+
+def config(name: str, part: str = "train", **overrides: Any) -> ConfigParser:
+    """The bundle's config with tiny-network overrides (and dense maps where compact ones are not available)."""
+    path = BUNDLES_DIR / name / "configs" / f"{part}.yaml"
+    parser = ConfigParser()
+    parser.read_config(str(path))
+    parser.update({**TINY, **overrides})
+    return parser
+
+
+def test_nnunet_weights_halve_per_level_and_sum_to_one():
+    assert nnunet_deep_supervision_weights(4) == pytest.approx([8 / 15, 4 / 15, 2 / 15, 1 / 15])
+    assert nnunet_deep_supervision_weights(1) == [1.0]
+    with pytest.raises(ValueError, match="at least 1"):
+        nnunet_deep_supervision_weights(0)
+
+
+def test_deep_supervision_loss_scores_each_output_on_the_nearest_downsampled_target():
+    torch.manual_seed(0)
+    target = torch.randint(0, 3, (2, 1, 8, 8)).float()
+    outputs = [torch.randn(2, 3, size, size) for size in (8, 4, 2)]
+    dice = DiceLoss(to_onehot_y=True, softmax=True)
+    # nearest-exact picks source index floor((i + 0.5) * factor): 2i + 1 for factor 2, 4i + 2 for factor 4
+    expected = sum(
+        weight * dice(output, target[:, :, start::step, start::step])
+        for weight, output, (start, step) in zip(
+            nnunet_deep_supervision_weights(3), outputs, ((0, 1), (1, 2), (2, 4)), strict=True
+        )
+    )
+    loss = NNUNetDeepSupervisionLoss(dice, num_outputs=3)
+    torch.testing.assert_close(loss(outputs, target), expected)
+    torch.testing.assert_close(loss(outputs[0], target), dice(outputs[0], target))  # evaluation: one output
+    with pytest.raises(ValueError, match="expected 3 deep-supervision outputs, got 2"):
+        loss(outputs[:2], target)
+
+
+@pytest.mark.parametrize("data", DATASETS)
+def test_training_network_has_native_resolution_heads_and_inference_network_none(data):
+    train_network = config(f"{data}_rrw").get_parsed_content("network_def")
+    inference_network = config(f"{data}_rrw", "inference").get_parsed_content("network_def")
+    assert type(train_network) is DeepSupervisionDynUNet and type(inference_network) is DynUNet
+    heads = {key for key in train_network.state_dict() if key.startswith("deep_supervision_heads.")}
+    assert heads and set(train_network.state_dict()) - heads == set(inference_network.state_dict())
+
+    image = torch.randn(2, inference_network.in_channels, 64, 64)
+    train_network.train()
+    outputs = train_network(image)
+    assert [tuple(output.shape[2:]) for output in outputs] == [(64, 64), (32, 32), (16, 16), (8, 8)]
+
+    inference_network.load_state_dict({k: v for k, v in train_network.state_dict().items() if k not in heads})
+    train_network.eval(), inference_network.eval()
+    scripted = torch.jit.script(inference_network)
+    with torch.no_grad():
+        torch.testing.assert_close(train_network(image), inference_network(image))
+        torch.testing.assert_close(scripted(image), inference_network(image))
+
+
+@pytest.mark.parametrize("data", DATASETS)
+def test_metadata_shapes_pass_the_zoo_default_check(data):
+    configs = BUNDLES_DIR / f"{data}_rrw" / "configs"
+    verify_net_in_out(  # model-zoo ci/verify_bundle.py: defaults, n=1, full-size network
+        net_id="network_def",
+        meta_file=str(configs / "metadata.json"),
+        config_file=str(configs / "inference.yaml"),
+        device="cpu",
+    )
+
+
+@pytest.mark.parametrize("name", RW_BUNDLES)
+def test_training_follows_nnunet_and_the_paper(name):
+    data, loss_name = name.split("_", 1)
+    parser = config(name, num_classes=4, in_channels=1)
+    raw = parser.get()
+    assert parser.get_parsed_content("epochs") == DATASETS[data]
+    assert raw["train"]["trainer"]["epoch_length"] == "@iterations_per_epoch"
+    assert parser.get_parsed_content("iterations_per_epoch") == 250
+
+    optimizer = parser.get_parsed_content("optimizer")
+    assert type(optimizer) is torch.optim.Adam
+    assert (optimizer.defaults["lr"], optimizer.defaults["weight_decay"]) == (1e-4, 3e-5)
+    scheduler = parser.get_parsed_content("lr_scheduler")
+    assert (type(scheduler), scheduler.total_iters, scheduler.power) == (
+        torch.optim.lr_scheduler.PolynomialLR,
+        DATASETS[data],
+        0.9,
+    )
+
+    loss = parser.get_parsed_content("loss")
+    assert type(loss) is NNUNetDeepSupervisionLoss and type(loss.loss) is LOSSES[loss_name]
+    assert loss.weights == pytest.approx([8 / 15, 4 / 15, 2 / 15, 1 / 15])
+    handlers = parser.get_parsed_content("train#extra_handlers")
+    assert type(handlers[0]) is GradientNormClipping and handlers[0].max_norm == 12.0
+    if loss_name == "boundary":  # Dice + RW-Boundary, alpha 1 -> 0.01 by 0.01 per epoch
+        assert [type(handler) for handler in handlers[1:]] == [AlphaScheduleHandler]
+        assert handlers[1].loss is loss.loss and (loss.loss.region, loss.loss.schedule) == ("dice", "gradual")
+    else:
+        assert len(handlers) == 1
+
+    sampling = parser.get_parsed_content("train#sampling")
+    maps = [transform for transform in sampling if isinstance(transform, RWMapd)]
+    if loss_name in ("dice", "focal"):  # the loss reads the label: no map computed, moved or concatenated
+        assert maps == [] and parser.get_parsed_content("label_keys") == ["label"]
+    else:
+        assert [transform.map_type for transform in maps] == ["boundary" if loss_name == "boundary" else "rrw"]
+
+
+@pytest.mark.parametrize("name", ["acdc17_rrw", "acdc17_rrw_ce", "kits19_rrw"])
+def test_augmented_rrw_maps_keep_exactly_one_negative_gradient_component(name):
+    """Every spatial augmentation fires; at each voxel the loss sees, only the true class's logit gets dL/dx < 0.
+
+    The slices are sampled without the "After SqueezeDim, img.affine is ill-posed" warning of plain MONAI.
+    """
+    parser = config(name, num_classes=3, rotation_prob=1.0, scaling_prob=1.0, elastic_prob=1.0, samples_per_volume=4)
+    pipeline = Compose(parser.get_parsed_content("train#sampling"))
+    pipeline.set_random_state(seed=0)
+    rng = np.random.default_rng(0)
+    label = np.zeros((96, 96, 6), dtype=np.float32)
+    label[20:70, 16:80] = 1
+    label[30:50, 30:60, 1:5] = 2
+    slice_axis = parser.get_parsed_content("slice_axis")
+    label = np.moveaxis(label, 2, slice_axis)  # slices along the bundle's slice axis (8 mm apart)
+    spacing = [1.5, 1.5]
+    spacing.insert(slice_axis, 8.0)
+    affine = np.eye(4)  # voxel axes permuted in the world (oblique scans): squeezing a MetaTensor's slice axis warns
+    affine[:3, :3] = np.roll(np.eye(3), 1, axis=1) * np.array(spacing)
+    sample = {
+        "image": MetaTensor(rng.normal(size=(1, *label.shape)).astype(np.float32), affine=affine),
+        "label": MetaTensor(label[None], affine=affine),
+    }
+    loss = parser.get_parsed_content("loss#loss")
+    target_key = parser.get_parsed_content("target_key")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = pipeline(sample)
+    assert not [warning for warning in caught if "ill-posed" in str(warning.message)]  # 2D slices carry no affine
+    for item in items:
+        target = torch.as_tensor(item[target_key])[None]
+        # the label is the target's channel 0; a dense map alone as target (pre-compact RegionWiseLoss): its minimum
+        dense_map_alone = target.shape[1] == 3  # num_classes channels
+        true_class = target.argmin(dim=1, keepdim=True) if dense_map_alone else target[:, :1].long()
+        assert target.shape[2:] == (64, 64)
+        logits = torch.randn(1, 3, 64, 64, requires_grad=True)
+        loss(logits, target).backward()
+        gradient = logits.grad[0]
+        seen = gradient.abs().sum(dim=0) > 0
+        negative = gradient < 0
+        assert seen.float().mean() > 0.5
+        assert bool((negative.sum(dim=0)[seen] == 1).all())
+        assert bool(negative.gather(0, true_class[0])[0][seen].all())
+
+
+def test_alpha_and_learning_rate_step_once_per_epoch_of_iterations_per_epoch(prepared_acdc_release, tmp_path):
+    """An epoch is `iterations_per_epoch` iterations however few volumes there are; schedules follow that clock."""
+    parser = config(
+        "acdc17_boundary",
+        dataset_dir=str(prepared_acdc_release),
+        bundle_root=str(tmp_path),
+        epochs=2,
+        iterations_per_epoch=3,
+        samples_per_volume=1,
+        num_workers=0,
+        sw_batch_size=8,
+    )
+    trainer = parser.get_parsed_content("train#trainer")
+    loss = parser.get_parsed_content("loss#loss")
+    seen: list[tuple[float, float]] = []
+    trainer.add_event_handler(
+        Events.ITERATION_STARTED, lambda engine: seen.append((loss.alpha, engine.optimizer.param_groups[0]["lr"]))
+    )
+    trainer.run()
+    second_lr = 1e-4 * (1 - 1 / 2) ** 0.9
+    assert seen == pytest.approx([(1.0, 1e-4)] * 3 + [(0.99, second_lr)] * 3)
+
+
+def test_focal_bundle_loss_is_the_original_focal_loss():
+    """gamma 2, no alpha, summed over classes and averaged over voxels (the authors' FocalLoss)."""
+    loss = config("acdc17_focal", num_classes=4).get_parsed_content("loss#loss")
+    torch.manual_seed(0)
+    logits, label = torch.randn(2, 4, 6, 5), torch.randint(0, 4, (2, 1, 6, 5))
+    p = torch.softmax(logits, dim=1)
+    onehot = torch.zeros_like(p).scatter_(1, label, 1.0)
+    expected = (-((1 - p) ** 2) * onehot * torch.log(p)).sum(dim=1).mean()
+    torch.testing.assert_close(loss(logits, label), expected)
+
+
+def test_dice_bundle_loss_is_the_authors_dice_loss():
+    """1 - mean over images and classes (background included) of 2 sum(p y) / (sum(p + y) + 1e-6)."""
+    loss = config("kits19_dice", num_classes=3).get_parsed_content("loss#loss")
+    torch.manual_seed(1)
+    logits, label = torch.randn(2, 3, 6, 5), torch.randint(0, 3, (2, 1, 6, 5))
+    p = torch.softmax(logits, dim=1)
+    onehot = torch.zeros_like(p).scatter_(1, label, 1.0)
+    expected = 1 - (2 * (p * onehot).sum(dim=(2, 3)) / ((p + onehot).sum(dim=(2, 3)) + 1e-6)).mean()
+    torch.testing.assert_close(loss(logits, label), expected)
+
+
+def test_gradient_clipping_bounds_the_global_norm():
+    network = torch.nn.Linear(4, 3)
+    for parameter in network.parameters():
+        parameter.grad = torch.full_like(parameter, 10.0)
+    GradientNormClipping(max_norm=12.0)(SimpleNamespace(network=network, amp=False))
+    norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in network.parameters()]))
+    assert float(norm) == pytest.approx(12.0, rel=1e-5)
+    with pytest.raises(ValueError, match="positive"):
+        GradientNormClipping(0.0)
+
+
+def test_brats18_structures_put_the_paper_labels_first():
+    structures = brats18_structures(enhancing_label=3)
+    assert list(structures.items()) == [
+        ("ET", (3,)),
+        ("ED", (2,)),
+        ("NCR_NET", (1,)),
+        ("WT", (1, 2, 3)),
+        ("TC", (1, 3)),
+    ]
+    parser = ConfigParser()
+    parser.read_config(
+        [str(BUNDLES_DIR / "brats18_focal" / "configs" / f"{part}.yaml") for part in ("train", "evaluate")]
+    )
+    assert parser["evaluation_structures"]["_target_"] == "common.evaluation.brats18_structures"
+
+
+@pytest.mark.parametrize("region", ["dice", "ce"])
+@pytest.mark.parametrize("schedule", ["equal", "gradual"])
+def test_sec44_strategies_are_one_line_overrides_of_the_boundary_bundle(region, schedule):
+    loss = config("acdc17_boundary", **{"loss#loss#region": region, "loss#loss#schedule": schedule}).get_parsed_content(
+        "loss#loss"
+    )
+    assert (type(loss), loss.region, loss.schedule) == (RWCombinedLoss, region, schedule)
+    loss.set_epoch(30)
+    assert loss.weights == pytest.approx((1.0, 1.0) if schedule == "equal" else (0.7, 0.3))
+
+
+def test_sec44_strategies_on_rrw_maps_as_documented():
+    strategy = {"_target_": "common.losses.RWCombinedLoss", "region": "ce", "schedule": "gradual", "compact": True}
+    handlers = ["@gradient_clipping", {"_target_": "common.handlers.AlphaScheduleHandler", "loss": "@loss#loss"}]
+    parser = config("acdc17_rrw", **{"loss#loss": strategy, "train#extra_handlers": handlers})
+    loss = parser.get_parsed_content("loss#loss")
+    assert (type(loss), loss.region, loss.schedule) == (RWCombinedLoss, "ce", "gradual")
+    assert parser.get_parsed_content("train#extra_handlers")[1].loss is loss
