@@ -210,7 +210,10 @@ def read_network_settings(checkpoint: str | os.PathLike) -> dict[str, Any]:
 def save_network_weights(
     network: torch.nn.Module, filename: str | os.PathLike, settings: Mapping[str, Any] | None = None
 ) -> Path:
-    """Write the network's state dict with its settings, atomically (readers never see a partial file).
+    """Write the network's deployable state dict with its settings, atomically (readers never see a partial file).
+
+    Training-only deep-supervision heads are left out, so the file loads strictly into the inference network (as
+    the model zoo's ``ckpt_export`` and ``monai.bundle.load`` load it).
 
     Args:
         network: the network (``DistributedDataParallel`` unwrapped).
@@ -221,7 +224,15 @@ def save_network_weights(
         The file written.
     """
     state = _unwrap(network).state_dict()
-    saved = OrderedDict((key, value.detach().cpu()) for key, value in state.items())
+    heads = {key for key in state if key.startswith(f"{DEEP_SUPERVISION_HEADS}.")}
+    head_tensors = {state[key].data_ptr() for key in heads}
+    # the deployable weights: the inference network (no training-only heads, which a module may also hold under
+    # another name as the very same tensors, as DynUNet's skip layers do) loads them strictly, as the zoo's tools do
+    saved = OrderedDict(
+        (key, value.detach().cpu())
+        for key, value in state.items()
+        if key not in heads and value.data_ptr() not in head_tensors
+    )
     saved._metadata = OrderedDict(getattr(state, "_metadata", {}))  # type: ignore[attr-defined]
     saved._metadata[NETWORK_SETTINGS_KEY] = _plain(dict(settings or {}))  # type: ignore[attr-defined]
     path = Path(filename)
@@ -257,9 +268,9 @@ def load_network_weights(
     """Load a weights file into ``network``, checking the stored network settings first.
 
     The only keys allowed to differ are the deep-supervision heads (``deep_supervision_heads.*``, and other names
-    of the same tensors) of a training network that an inference network built without them lacks: they are
-    dropped. Any other difference (a key
-    missing on either side, a tensor of another shape) is an error naming both values.
+    of the same tensors): a training checkpoint's heads are dropped for an inference network built without them,
+    and a training network starting from deployable weights (``model.pt`` holds none) keeps its initial heads.
+    Any other difference (a key missing on either side, a tensor of another shape) is an error naming both values.
 
     Args:
         network: the network to load (``DistributedDataParallel`` unwrapped).
@@ -287,8 +298,13 @@ def load_network_weights(
         for key, value in state.items()
         if key in expected or (key not in heads and value.data_ptr() not in head_tensors)
     }
+    own_head_tensors = {
+        value.data_ptr() for key, value in expected.items() if key.startswith(f"{DEEP_SUPERVISION_HEADS}.")
+    }
+    own_heads = {key for key, value in expected.items() if value.data_ptr() in own_head_tensors}
     kinds = {
-        "missing in the checkpoint": [key for key in expected if key not in state],
+        # a training network's heads are not in the deployable weights: they start from their initialisation
+        "missing in the checkpoint": [key for key in expected if key not in state and key not in own_heads],
         "in the checkpoint, not in the network": [key for key in state if key not in expected],
         "other shapes": [
             f"{key} {tuple(state[key].shape)} in the checkpoint, {tuple(value.shape)} in the network"
@@ -303,7 +319,7 @@ def load_network_weights(
     ]
     if problems:
         raise ValueError(f"{checkpoint}: does not fit the network {type(target).__name__} ({'; '.join(problems)})")
-    target.load_state_dict(state)
+    target.load_state_dict(state, strict=False)  # every key checked above; only training-only heads may be absent
     return network
 
 

@@ -263,7 +263,7 @@ class GradientClipping:
 
     MONAI's ``SupervisedTrainer`` has no clipping option; it fires ``IterationEvents.BACKWARD_COMPLETED`` between
     ``loss.backward()`` and ``optimizer.step()``, which is where this handler calls
-    ``torch.nn.utils.clip_grad_norm_`` (the SA Dice paper clips the L2 norm at 5).
+    ``torch.nn.utils.clip_grad_norm_`` (the SA Dice paper clips the L2 norm at 5, nnU-Net at 12).
 
     Args:
         parameters: the parameters whose gradients are clipped (network and, if any, trainable loss weights).
@@ -286,5 +286,7 @@ class GradientClipping:
 
     def __call__(self, engine: Engine) -> None:
         """Clip the gradients in place and record the norm before clipping as ``grad_norm``."""
+        if getattr(engine, "amp", False) and getattr(engine, "scaler", None) is not None:
+            engine.scaler.unscale_(engine.optimizer)  # clip the true gradients, not the loss-scaled ones
         norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.max_norm, norm_type=self.norm_type)
         engine.state.metrics["grad_norm"] = float(norm)

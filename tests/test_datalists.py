@@ -284,10 +284,13 @@ def test_msd_rrw_pipeline_trains_on_selected_labels_of_reoriented_volumes_and_2d
     dataset = parser.get_parsed_content("train#dataset")
     assert parser.get_parsed_content("num_classes") == 2 and parser.get_parsed_content("class_names") == ["aorta"]
     assert parser.get_parsed_content("slice_axis") == 2
+    volumes = parser.get_parsed_content("validate#preprocessing")  # the deterministic part, before augmentation
     for index in range(3):  # two volumes and the 2D file as a one-slice volume
         [sample] = dataset[index]
-        assert tuple(sample["image"].shape) == (1, 16, 16) and set(torch.unique(sample["label"]).tolist()) <= {0, 1}
-        assert nib.aff2axcodes(np.asarray(sample["image"].affine)) == ("R", "A")  # the axial slice's in-plane axes
+        label = sample["target"][0]  # the training target is [label, compact RRW map]
+        assert tuple(sample["image"].shape) == (1, 16, 16) and set(torch.unique(label).tolist()) <= {0, 1}
+        volume = volumes(dict(dataset.data[index]))
+        assert nib.aff2axcodes(np.asarray(volume["image"].affine)) == ("R", "A", "S")
 
 
 @pytest.mark.parametrize("bundle", ["acdc17_rrw", "msd_rrw"])

@@ -129,9 +129,10 @@ def test_resumed_training_reaches_the_uninterrupted_state(uninterrupted, resumed
     # models/model.pt: the final weights (bare state dict) with the network settings, equal after the resume
     final_plain = torch.load(plain_root / "models" / "model.pt", weights_only=True)
     final_resumed = torch.load(resumed_root / "models" / "model.pt", weights_only=True)
-    for key, value in expected["model"].items():
-        torch.testing.assert_close(final_plain[key], value)
-        torch.testing.assert_close(final_resumed[key], value, rtol=1e-5, atol=1e-6)
+    assert final_plain.keys() == final_resumed.keys() and not any("deep_supervision" in key for key in final_plain)
+    for key, value in final_plain.items():  # the deployable weights: the training state's, without the heads
+        torch.testing.assert_close(value, expected["model"][key])
+        torch.testing.assert_close(final_resumed[key], expected["model"][key], rtol=1e-5, atol=1e-6)
     settings = {"num_classes": 4, "in_channels": 1, "patch_size": TINY_NETWORK["patch_size"]}
     assert network_settings_of(final_plain) == network_settings_of(final_resumed) == settings
     # one training state file, no duplicate final checkpoint, no best-model file without a selection split
@@ -239,8 +240,11 @@ def test_final_weights_carry_the_network_settings_and_load_without_the_heads(tmp
     FinalWeightsSaver(training, tmp_path / "models" / "model.pt", settings).attach(engine)
     engine.run([0], max_epochs=1)
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    assert any(key.startswith("deep_supervision_heads.") for key in state)  # the training network's file
-    training.load_state_dict(state)  # still a plain state dict for strict loading and the zoo's tools
+    assert not any("deep_supervision_heads" in key or "super_head" in key for key in state)  # deployable: no heads
+    tiny_dynunet([4, 8, 16]).load_state_dict(state)  # strict loading into the inference network, as the zoo's tools
+    heads = {key: value.clone() for key, value in training.state_dict().items() if "super_head" in key}
+    load_network_weights(training, tmp_path / "models" / "model.pt")  # a training network starts from the file ...
+    assert all(torch.equal(training.state_dict()[key], value) for key, value in heads.items())  # ... keeping its heads
     expected_settings = {**settings, "patch_size": [64, 64]}
     assert read_network_settings(tmp_path / "models" / "model.pt") == expected_settings
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -22,8 +21,8 @@ from monai.losses import DiceLoss, FocalLoss
 from monai.networks.nets import DynUNet
 from monai.transforms import Compose
 
+from common.engines import GradientClipping
 from common.evaluation import brats18_structures
-from common.gradient_clipping import GradientNormClipping
 from common.handlers import AlphaScheduleHandler
 from common.losses import (
     NNUNetDeepSupervisionLoss,
@@ -140,7 +139,7 @@ def test_training_follows_nnunet_and_the_paper(name):
     assert type(loss) is NNUNetDeepSupervisionLoss and type(loss.loss) is LOSSES[loss_name]
     assert loss.weights == pytest.approx([8 / 15, 4 / 15, 2 / 15, 1 / 15])
     handlers = parser.get_parsed_content("train#extra_handlers")
-    assert type(handlers[0]) is GradientNormClipping and handlers[0].max_norm == 12.0
+    assert type(handlers[0]) is GradientClipping and handlers[0].max_norm == 12.0
     if loss_name == "boundary":  # Dice + RW-Boundary, alpha 1 -> 0.01 by 0.01 per epoch
         assert [type(handler) for handler in handlers[1:]] == [AlphaScheduleHandler]
         assert handlers[1].loss is loss.loss and (loss.loss.region, loss.loss.schedule) == ("dice", "gradual")
@@ -243,17 +242,6 @@ def test_dice_bundle_loss_is_the_authors_dice_loss():
     onehot = torch.zeros_like(p).scatter_(1, label, 1.0)
     expected = 1 - (2 * (p * onehot).sum(dim=(2, 3)) / ((p + onehot).sum(dim=(2, 3)) + 1e-6)).mean()
     torch.testing.assert_close(loss(logits, label), expected)
-
-
-def test_gradient_clipping_bounds_the_global_norm():
-    network = torch.nn.Linear(4, 3)
-    for parameter in network.parameters():
-        parameter.grad = torch.full_like(parameter, 10.0)
-    GradientNormClipping(max_norm=12.0)(SimpleNamespace(network=network, amp=False))
-    norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in network.parameters()]))
-    assert float(norm) == pytest.approx(12.0, rel=1e-5)
-    with pytest.raises(ValueError, match="positive"):
-        GradientNormClipping(0.0)
 
 
 def test_brats18_structures_put_the_paper_labels_first():
