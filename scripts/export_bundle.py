@@ -22,9 +22,9 @@ top-level folder named like the bundle, in the model-zoo layout:
 
 The checkpoint (``--checkpoint``, default the bundle's ``models/model.pt``) sets the network settings it was
 trained with (classes, channels, filters, patch size, and for MSD-style data the label values, class names and
-slice axis) in the configs and metadata (output channel names, ``label_classes`` with the label values); ``--set KEY=VALUE`` sets
-other top-level settings (VALUE in YAML flow syntax, e.g. ``--set 'sw_batch_size=4'``). A ``--set`` that
-contradicts the checkpoint is an error naming both values.
+slice axis) in the configs and metadata (output channel names, ``label_classes`` with the label values);
+``--set KEY=VALUE`` sets other top-level settings (VALUE in YAML flow syntax, e.g. ``--set 'sw_batch_size=4'``).
+A ``--set`` that contradicts the checkpoint is an error naming both values.
 
 Security: the configs of the zip are run by everyone who uses the bundle. ``--set`` values are therefore plain
 data: strings starting with ``$`` (Python expressions) or ``%`` (macros, which may load other files) and mappings
