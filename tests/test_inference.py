@@ -354,7 +354,7 @@ def test_msd_inference_takes_classes_and_label_values_from_the_weights(msd_bundl
     parser = ConfigParser()
     parser.read_config(str(MSD_INFERENCE))
     parser.update({"bundle_root": str(msd_bundle_root)})
-    for key in ("num_classes", "label_values", "class_names", "slice_axis", "in_plane_spacing"):
+    for key in ("num_classes", "label_values", "class_names", "slice_axis"):
         assert parser.get_parsed_content(key) == MSD_TRAINED[key]  # nothing retyped
     assert segment(msd_bundle_root, tmp_path / "in", tmp_path / "out", config_file=MSD_INFERENCE) == 0
     prediction = read(tmp_path / "out" / "a.nii.gz")
@@ -377,6 +377,7 @@ def test_msd_inference_without_weights_uses_the_bundle_defaults(tmp_path):
         ({"num_classes": 2}, "num_classes: 3 in the checkpoint, 2 in the config"),
         ({"label_values": [0, 1, 2]}, "label_values: [0, 27, 40] in the checkpoint, [0, 1, 2] in the config"),
         ({"slice_axis": 0}, "slice_axis: 2 in the checkpoint, 0 in the config"),
+        ({"in_plane_spacing": 1.5}, "in_plane_spacing: 1.0 in the checkpoint, 1.5 in the config"),
     ],
 )
 def test_msd_inference_settings_contradicting_the_weights_name_both_values(msd_bundle_root, tmp_path, setting, message):
