@@ -52,6 +52,7 @@ __all__ = [
     "load_network_weights",
     "network_settings_of",
     "read_network_settings",
+    "trained_settings",
     "save_network_weights",
     "AtomicDiskSaver",
     "ResumableTraining",
@@ -205,6 +206,26 @@ def read_network_settings(checkpoint: str | os.PathLike) -> dict[str, Any]:
         ValueError: not a weights file (the message names it).
     """
     return network_settings_of(read_network_state(checkpoint))
+
+
+def trained_settings(checkpoint: str | os.PathLike, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The settings a config should take from its weights: those stored in ``checkpoint`` over ``defaults``.
+
+    Inference configs read their class count, label values and class names from it (``@ckpt_path``), so that a
+    trained bundle runs without retyping them; before training (no file yet: model-zoo checks, TorchScript export)
+    the config's ``defaults`` apply. A value the user sets instead is checked against the stored one when the
+    weights are loaded (:func:`check_network_settings` names both).
+
+    Args:
+        checkpoint: weights file, e.g. ``models/model.pt``; it need not exist.
+        defaults: the config's values for settings the file does not store (or when there is no file).
+
+    Raises:
+        ValueError: the file exists but is not a weights file (the message names it).
+    """
+    path = Path(checkpoint)
+    stored = read_network_settings(path) if path.is_file() else {}
+    return {**dict(defaults or {}), **stored}
 
 
 def save_network_weights(

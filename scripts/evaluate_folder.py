@@ -8,7 +8,10 @@ the label postfix (``siteA/patient001`` and ``siteB/patient001`` are two cases).
 file's affine. Writes a per-case, per-structure CSV (Dice, HD, HD95 in mm, status) and a mean +- std summary CSV
 next to it, atomically. ``--overlays DIR`` also draws, per case, the image (from ``--image-dir``), label and
 prediction on the slice (last axis) with the most labelled voxels. ``--dataset-json`` evaluates the label values of
-an MSD ``dataset.json`` under its names (predictions that carry the dataset's label values).
+an MSD ``dataset.json`` under its names (predictions that carry the dataset's label values). ``--datalist`` evaluates
+the classes of a training datalist (``scripts/prepare_*.py``; a plain ``dataset.json`` also works) under their
+names, each in the data set's label values it was trained from (a merged class: all values of its group; labels
+that training left out are background), as the MSD bundles' predictions carry them.
 
 Nothing is paired wrongly or dropped silently: a prediction folder inside the label folder (or the reverse), two
 label files that give the same case name, and outputs inside an input folder are refused before anything is read
@@ -19,6 +22,8 @@ reason and make the exit status 1; the other cases are still evaluated and writt
     python scripts/evaluate_folder.py --label-dir labelsTs --pred-dir preds --num-classes 4 --output eval/rrw.csv
     python scripts/evaluate_folder.py --label-dir brats/labels --pred-dir preds --labels 1 2 4 --regions brats \
         --output eval/brats.csv
+    python scripts/evaluate_folder.py --label-dir Task/labelsTs --pred-dir preds --datalist Task/datalist.json \
+        --output eval/task.csv
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data import load_volume
+from common.data import load_volume, read_datalist_field
 from common.errors import EXIT_FAILURE, EXIT_USER_ERROR, UserError, ensure_absent, install_error_hook
 from common.evaluation import (
     StructureResult,
@@ -197,8 +202,44 @@ def dataset_structures(path: Path, include_background: bool) -> dict[str, tuple[
     return {name: (value,) for value, name in sorted(values.items()) if value != 0 or include_background}
 
 
+def datalist_structures(path: Path, include_background: bool) -> dict[str, tuple[int, ...]]:
+    """One structure per training class of a datalist, named by its ``class_names``, with the data set's label
+    values that its ``label_mapping`` takes to the class (a merged class has several).
+
+    Raises:
+        UserError: the file is not a datalist naming its classes, or the names and mapping do not fit each other.
+    """
+    try:
+        names = ["background", *read_datalist_field(path, "class_names")]
+        mapping = read_datalist_field(path, "label_mapping")
+        pairs = list(zip(mapping["orig_labels"], mapping["target_labels"], strict=True))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(
+            f"{path}: needs the classes of a datalist written by scripts/prepare_*.py (or a dataset.json with "
+            f'"labels") ({type(error).__name__}: {error})'
+        ) from error
+    values = {
+        index: tuple(sorted(int(orig) for orig, target in pairs if target == index)) for index in range(len(names))
+    }
+    problems = [
+        f"class {index} ({names[index]}) has no label value" for index in range(1, len(names)) if not values[index]
+    ]
+    problems += [
+        f"label_mapping targets {target}, beyond the {len(names)} classes"
+        for _, target in pairs
+        if target >= len(names)
+    ]
+    if len(set(names)) != len(names):
+        problems.append(f"class names must be distinct, got {names}")
+    if problems:
+        raise UserError(f"{path}: {'; '.join(problems)}")
+    return {names[index]: values[index] for index in range(0 if include_background else 1, len(names))}
+
+
 def build_structures(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
-    if args.dataset_json:
+    if args.datalist:
+        structures = datalist_structures(args.datalist, args.include_background)
+    elif args.dataset_json:
         structures = dataset_structures(args.dataset_json, args.include_background)
     elif args.labels:
         structures = {f"class_{v}": (v,) for v in args.labels}
@@ -222,7 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dataset-json", type=Path, help="MSD dataset.json: evaluate its label values, named as in its 'labels'"
     )
-    parser.add_argument("--include-background", action="store_true", help="also evaluate label 0 (--num-classes)")
+    parser.add_argument(
+        "--datalist", type=Path, help="training datalist: evaluate its classes by name, in the data set's label values"
+    )
+    parser.add_argument(
+        "--include-background", action="store_true", help="also evaluate the background (--num-classes, --datalist)"
+    )
     parser.add_argument("--regions", choices=["brats"], help="also evaluate BraTS WT/TC/ET regions")
     parser.add_argument("--enhancing-label", type=int, default=4, help="enhancing-tumour label for --regions brats")
     parser.add_argument("--label-postfix", default="", help="removed from label file names (e.g. _gt)")
@@ -244,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     if not structures:
-        parser.error("nothing to evaluate: give --num-classes, --labels, --dataset-json or --regions")
+        parser.error("nothing to evaluate: give --num-classes, --labels, --dataset-json, --datalist or --regions")
     summary_path = args.summary or args.output.with_name(f"{args.output.name.removesuffix('.csv')}_summary.csv")
     outputs = [args.output, summary_path] + ([args.overlays] if args.overlays else [])
     try:
@@ -255,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             raise NotADirectoryError(f"{args.pred_dir}: prediction folder does not exist or is not a folder")
         if not label_paths:
             raise UserError(f"{args.label_dir}: no NIfTI label files found (searched recursively)")
-        num_classes = args.num_classes if not (args.labels or args.dataset_json) and args.regions is None else None
+        by_value = args.labels or args.dataset_json or args.datalist  # data set values, not 0..num_classes - 1
+        num_classes = args.num_classes if not by_value and args.regions is None else None
         jobs = [make_job(label_path, args, structures, num_classes) for label_path in label_paths]
         ensure_absent(*[job.overlay_path for job in jobs if job.overlay_path], overwrite=args.overwrite)
         duplicates = duplicate_cases(jobs)

@@ -21,9 +21,10 @@ top-level folder named like the bundle, in the model-zoo layout:
   SHA-256 hash, from which the zoo's tools download them. ``--inline-weights`` puts them into the zip instead.
 
 The checkpoint (``--checkpoint``, default the bundle's ``models/model.pt``) sets the network settings it was
-trained with (classes, channels, filters, patch size...) in the configs and metadata; ``--set KEY=VALUE`` sets
-other top-level settings (VALUE in YAML flow syntax, e.g. ``--set 'sw_batch_size=4'``). A ``--set`` that
-contradicts the checkpoint is an error naming both values.
+trained with (classes, channels, filters, patch size, and for MSD-style data the label values, class names and
+slice axis) in the configs and metadata (output channel names, ``label_classes`` with the label values);
+``--set KEY=VALUE`` sets other top-level settings (VALUE in YAML flow syntax, e.g. ``--set 'sw_batch_size=4'``).
+A ``--set`` that contradicts the checkpoint is an error naming both values.
 
 Security: the configs of the zip are run by everyone who uses the bundle. ``--set`` values are therefore plain
 data: strings starting with ``$`` (Python expressions) or ``%`` (macros, which may load other files) and mappings
@@ -275,8 +276,29 @@ def check_fits_network(
         raise ValueError(f"{error}; network_def of {source}") from error
 
 
+def class_labels(settings: Mapping[str, Any]) -> list[tuple[str, Any]] | None:
+    """(name, label value) of each output class from the checkpoint's ``class_names`` (foreground, training order)
+    and ``label_values``; None when the settings do not name the classes."""
+    names = settings.get("class_names")
+    if not names:
+        return None
+    names = ["background", *names]
+    values = settings.get("label_values") or list(range(len(names)))
+    if len(values) != len(names) or len(names) != settings.get("num_classes", len(names)):
+        raise ValueError(
+            f"checkpoint settings: {len(names) - 1} class_names and {len(values)} label_values do not fit "
+            f"num_classes {settings.get('num_classes')}"
+        )
+    return list(zip(names, values, strict=True))
+
+
 def update_metadata(metadata: dict[str, Any], schema_keys: set[str], settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Metadata with schema keys only, the channel counts of ``settings`` and the installed core versions."""
+    """Metadata with schema keys only, the channels and classes of ``settings`` and the installed core versions.
+
+    The output channels are named after the checkpoint's classes and ``label_classes`` lists their label values
+    when the settings carry them (bundles of MSD-style data); otherwise names of another channel count become
+    ``channel N``.
+    """
     metadata = {key: value for key, value in metadata.items() if key in schema_keys | ZOO_METADATA_KEYS}
     formats = metadata.get("network_data_format", {})
     for section, key, setting in (("inputs", "image", "in_channels"), ("outputs", "pred", "num_classes")):
@@ -287,6 +309,13 @@ def update_metadata(metadata: dict[str, Any], schema_keys: set[str], settings: M
         channel_def = entry.get("channel_def", {})
         if len(channel_def) != settings[setting]:  # the names of another channel count do not apply
             entry["channel_def"] = {str(index): f"channel {index}" for index in range(settings[setting])}
+    if (classes := class_labels(settings)) is not None:
+        if (pred := formats.get("outputs", {}).get("pred")) is not None:
+            pred["channel_def"] = {str(index): name for index, (name, _) in enumerate(classes)}
+        metadata["label_classes"] = (
+            ", ".join(f"{value} {name}" for name, value in classes)
+            + " (label values of the training data; predictions are written in them)"
+        )
     core = {"monai": "monai_version", "torch": "pytorch_version", "numpy": "numpy_version"}
     for distribution, field in core.items():  # the public version: "2.13.0", not the wheel's "2.13.0+cpu"
         metadata[field] = importlib.metadata.version(distribution).split("+")[0]

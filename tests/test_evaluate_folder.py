@@ -120,3 +120,48 @@ def test_structures_are_named_and_valued_as_in_dataset_json(tmp_path, capsys):
     description.write_text('{"labels": ["background", "aorta"]}')
     assert evaluate_folder_main([*argv, "--output", str(tmp_path / "other.csv")]) == EXIT_USER_ERROR
     assert f'error: {description}: needs a "labels" entry such as' in capsys.readouterr().err
+
+
+def test_datalist_classes_are_named_and_evaluated_in_the_data_sets_values(tmp_path, capsys):
+    """A datalist that kept the aorta (27), merged 3 and 4 into 'ventricles' and dropped 5 (as prepare_msd.py's
+    --labels/--merge write it): predictions in the data set's values, a merged class as the first of its group."""
+    labels, preds = tmp_path / "labels", tmp_path / "preds"
+    label = np.zeros((12, 12, 12), np.uint8)
+    label[2:6, 2:6, 2:6] = 27
+    label[7:11, 7:11, 7:9] = 3
+    label[7:11, 7:11, 9:11] = 4
+    label[0, 0, :] = 5  # dropped by the datalist: background
+    prediction = np.zeros_like(label)
+    prediction[2:6, 2:6, 2:4] = 27  # half the aorta found
+    prediction[7:11, 7:11, 7:11] = 3  # the merged class is written as its first value
+    labels.mkdir()
+    preds.mkdir()
+    nib.save(nib.Nifti1Image(label, AFFINE), labels / "case.nii.gz")
+    nib.save(nib.Nifti1Image(prediction, AFFINE), preds / "case.nii.gz")
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(
+        '{"training": [], "num_classes": 3, "class_names": ["aorta", "ventricles"], '
+        '"label_mapping": {"orig_labels": [0, 3, 4, 5, 27], "target_labels": [0, 2, 2, 0, 1]}}'
+    )
+    argv = ["--label-dir", str(labels), "--pred-dir", str(preds), "--datalist", str(datalist)]
+    assert evaluate_folder_main([*argv, "--output", str(tmp_path / "eval.csv")]) == 0
+    dice = {result.structure: (result.labels, result.dice) for result in read_results_csv(tmp_path / "eval.csv")}
+    assert dice == {"aorta": ("27", pytest.approx(2 * 32 / (64 + 32))), "ventricles": ("3+4", 1.0)}
+    assert "class_" not in capsys.readouterr().out
+
+    argv_background = [*argv, "--include-background", "--output", str(tmp_path / "with_background.csv")]
+    assert evaluate_folder_main(argv_background) == 0
+    rows = {result.structure: result.labels for result in read_results_csv(tmp_path / "with_background.csv")}
+    assert rows == {"background": "0+5", "aorta": "27", "ventricles": "3+4"}
+
+    plain = tmp_path / "dataset.json"  # a plain MSD dataset.json: its labels, in their values
+    plain.write_text('{"training": [], "labels": {"0": "background", "3": "ventricle", "27": "aorta"}}')
+    argv_plain = ["--label-dir", str(labels), "--pred-dir", str(preds), "--datalist", str(plain)]
+    assert evaluate_folder_main([*argv_plain, "--output", str(tmp_path / "plain.csv")]) == 0
+    rows = {result.structure: result.labels for result in read_results_csv(tmp_path / "plain.csv")}
+    assert rows == {"ventricle": "3", "aorta": "27"}
+
+    datalist.write_text('{"training": [], "class_names": ["aorta"]}')
+    assert evaluate_folder_main([*argv, "--output", str(tmp_path / "bad.csv")]) == EXIT_USER_ERROR
+    assert f"error: {datalist}: needs the classes of a datalist" in capsys.readouterr().err
+    assert not (tmp_path / "bad.csv").exists()

@@ -159,8 +159,9 @@ def test_generator_reports_a_broken_spec(spec_folder):
 
 
 def test_extends_merges_the_child_on_top_of_the_parent_spec(spec_folder):
-    parent = (BUNDLES_DIR / "aorta_sadice" / "bundle.yaml").read_text()
-    spec_folder("parent", parent.replace("num_classes: 2", "num_classes: 2\n  extra: [1]"))
+    parent = yaml.safe_load((BUNDLES_DIR / "aorta_sadice" / "bundle.yaml").read_text())
+    parent.setdefault("shared", {})["extra"] = [1]
+    spec_folder("parent", yaml.safe_dump(parent, sort_keys=False))
     spec_folder(
         "child",
         "extends: parent\ntrain: {epochs: 7, +imports: ['$import math']}\nshared: {+extra: [2]}\n"

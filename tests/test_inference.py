@@ -27,6 +27,7 @@ from monai.transforms import (
 )
 
 from common import folder_io
+from common.checkpoint import save_network_weights
 from common.folder_io import (
     FolderPlan,
     check_output_postfix,
@@ -42,6 +43,7 @@ from common.synthetic import save_nifti
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = REPO_ROOT / "bundles"
 INFERENCE = BUNDLES / "acdc17_rrw" / "configs" / "inference.yaml"
+MSD_INFERENCE = BUNDLES / "msd_rrw" / "configs" / "inference.yaml"
 TINY_NETWORK = {"patch_size": [64, 64], "filters": [4, 4, 8, 8, 8, 8], "sw_batch_size": 8}
 
 
@@ -73,10 +75,12 @@ def bundle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def segment(bundle_root: Path, inputs: Path | str, outputs: Path | str | int, **settings) -> int:
+def segment(
+    bundle_root: Path, inputs: Path | str, outputs: Path | str | int, config_file: Path = INFERENCE, **settings
+) -> int:
     """Run inference.yaml as the model zoo does (initialize, check_properties, run); returns the exit status."""
     workflow = ConfigWorkflow(
-        config_file=str(INFERENCE),
+        config_file=str(config_file),
         workflow_type="infer",
         dataset_dir=inputs if isinstance(inputs, int) else str(inputs),
         output_dir=outputs if isinstance(outputs, int) else str(outputs),
@@ -316,6 +320,71 @@ def test_missing_or_mismatched_weights_stop_the_run(tmp_path):
     with pytest.raises(RuntimeError) as error_info:
         segment(tmp_path, tmp_path / "in", tmp_path / "out")
     assert "does not fit the network" in str(error_info.value.__cause__)
+    assert not (tmp_path / "out").exists()
+
+
+MSD_TRAINED = {  # what training on a datalist with the aorta (27) and a kidney (40) of a release stores
+    "num_classes": 3,
+    "in_channels": 1,
+    "patch_size": TINY_NETWORK["patch_size"],
+    "label_values": [0, 27, 40],
+    "class_names": ["aorta", "kidney"],
+    "slice_axis": 2,
+    "in_plane_spacing": 1.0,
+}
+
+
+@pytest.fixture(scope="module")
+def msd_bundle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """msd_rrw trained (tiny) on 3 classes: weights that predict training index 2 everywhere, with their settings."""
+    root = tmp_path_factory.mktemp("msd_bundle")
+    parser = ConfigParser()
+    parser.read_config(str(MSD_INFERENCE))
+    parser.update({**TINY_NETWORK, "num_classes": 3})
+    network = parser.get_parsed_content("network_def")
+    with torch.no_grad():
+        network.output_block.conv.conv.weight.zero_()
+        network.output_block.conv.conv.bias.copy_(torch.tensor([0.0, 0.0, 10.0]))
+    save_network_weights(network, root / "models" / "model.pt", MSD_TRAINED)
+    return root
+
+
+def test_msd_inference_takes_classes_and_label_values_from_the_weights(msd_bundle_root, tmp_path):
+    save_nifti(image((20, 16, 3)), LPS_AFFINE, tmp_path / "in" / "a.nii.gz")
+    parser = ConfigParser()
+    parser.read_config(str(MSD_INFERENCE))
+    parser.update({"bundle_root": str(msd_bundle_root)})
+    for key in ("num_classes", "label_values", "class_names", "slice_axis"):
+        assert parser.get_parsed_content(key) == MSD_TRAINED[key]  # nothing retyped
+    assert segment(msd_bundle_root, tmp_path / "in", tmp_path / "out", config_file=MSD_INFERENCE) == 0
+    prediction = read(tmp_path / "out" / "a.nii.gz")
+    assert prediction.shape == (20, 16, 3)
+    assert np.unique(prediction).tolist() == [40]  # training index 2 written as the data set's value
+
+
+def test_msd_inference_without_weights_uses_the_bundle_defaults(tmp_path):
+    parser = ConfigParser()
+    parser.read_config(str(MSD_INFERENCE))
+    parser.update({"bundle_root": str(tmp_path)})
+    assert parser.get_parsed_content("num_classes") == parser.get_parsed_content("default_num_classes") == 2
+    assert parser.get_parsed_content("label_values") is None
+    assert parser.get_parsed_content("postprocessing").transforms[1:] == ()  # training indices are written
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"num_classes": 2}, "num_classes: 3 in the checkpoint, 2 in the config"),
+        ({"label_values": [0, 1, 2]}, "label_values: [0, 27, 40] in the checkpoint, [0, 1, 2] in the config"),
+        ({"slice_axis": 0}, "slice_axis: 2 in the checkpoint, 0 in the config"),
+        ({"in_plane_spacing": 1.5}, "in_plane_spacing: 1.0 in the checkpoint, 1.5 in the config"),
+    ],
+)
+def test_msd_inference_settings_contradicting_the_weights_name_both_values(msd_bundle_root, tmp_path, setting, message):
+    save_nifti(image((20, 16, 3)), LPS_AFFINE, tmp_path / "in" / "a.nii.gz")
+    with pytest.raises(RuntimeError) as error_info:
+        segment(msd_bundle_root, tmp_path / "in", tmp_path / "out", config_file=MSD_INFERENCE, **setting)
+    assert message in str(error_info.value.__cause__)
     assert not (tmp_path / "out").exists()
 
 

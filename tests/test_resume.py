@@ -26,6 +26,7 @@ from common.checkpoint import (
     network_settings_of,
     read_network_settings,
     save_network_weights,
+    trained_settings,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning")
@@ -265,6 +266,36 @@ def test_final_weights_carry_the_network_settings_and_load_without_the_heads(tmp
     with pytest.raises(ValueError, match=r"other\.pt: does not fit .*not in the network: 0\.weight, 0\.bias"):
         load_network_weights(tiny_dynunet([4, 8, 16]), tmp_path / "other.pt")
     assert read_network_settings(tmp_path / "other.pt") == {}
+
+
+def test_trained_settings_prefer_the_weights_and_fall_back_to_the_defaults(tmp_path):
+    defaults = {"num_classes": 2, "label_values": None, "class_names": None}
+    assert trained_settings(tmp_path / "models" / "model.pt", defaults) == defaults  # not trained yet
+    network = torch.nn.Conv2d(1, 3, 1)
+    save_network_weights(network, tmp_path / "plain.pt")  # weights saved without label settings
+    assert trained_settings(tmp_path / "plain.pt", defaults) == defaults
+    stored = {"num_classes": 3, "label_values": [0, 27, 40], "class_names": ["aorta", "kidney"]}
+    save_network_weights(network, tmp_path / "model.pt", {**stored, "slice_axis": 2})
+    assert trained_settings(tmp_path / "model.pt", defaults) == {**stored, "slice_axis": 2}
+    assert trained_settings(tmp_path / "model.pt") == {**stored, "slice_axis": 2}
+    (tmp_path / "foreign.pt").write_text("not weights")
+    with pytest.raises(ValueError, match=r"foreign\.pt: cannot read"):
+        trained_settings(tmp_path / "foreign.pt", defaults)
+
+
+def test_msd_training_stores_the_datalists_label_values_and_names(tmp_path):
+    """A plain dataset.json (release values 0, 27, 40) gives the settings stored with the final weights."""
+    labels = {"0": "background", "27": "aorta", "40": "kidney"}
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": labels, "training": [], "validation": []}))
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "bundles" / "msd_rrw" / "configs" / "train.yaml"))
+    parser.update({"datalist": str(tmp_path / "dataset.json")})
+    parser.get_parsed_content("imports")
+    settings = parser.get_parsed_content("network_settings")
+    assert settings["num_classes"] == 3
+    assert settings["label_values"] == [0, 27, 40]
+    assert settings["class_names"] == ["aorta", "kidney"]
+    assert settings["slice_axis"] == 2 and settings["in_plane_spacing"] == 1.0
 
 
 def test_shipped_weights_are_kept_and_trained_from(tmp_path):
