@@ -285,8 +285,7 @@ class GradientClipping:
         engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        """Clip the gradients in place and record the norm before clipping as ``grad_norm``."""
+        """Clip the gradients in place (not recorded as a metric: the epoch's metrics line would show the last one)."""
         if getattr(engine, "amp", False) and getattr(engine, "scaler", None) is not None:
             engine.scaler.unscale_(engine.optimizer)  # clip the true gradients, not the loss-scaled ones
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.max_norm, norm_type=self.norm_type)
-        engine.state.metrics["grad_norm"] = float(norm)
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.max_norm, norm_type=self.norm_type)

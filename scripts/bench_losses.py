@@ -22,11 +22,10 @@ import time
 from collections.abc import Callable
 
 import torch
-from monai.losses import DeepSupervisionLoss, DiceLoss
+from monai.losses import DeepSupervisionLoss, DiceLoss, FocalLoss
 
 from common.losses import (
     ExpLogLoss,
-    FocalLoss,
     MultiResolutionLoss,
     RegionWiseLoss,
     RWCombinedLoss,
@@ -99,7 +98,11 @@ def loss_steps(batch: int, num_classes: int, side: int, device: torch.device) ->
             "RWCombinedLoss(dice, gradual), dense": (RWCombinedLoss("dice", "gradual"), logits, dense_target),
             "RWCombinedLoss(dice, gradual), compact": (RWCombinedLoss(compact=True), logits, compact_target),
             "RWWeightedCrossEntropyLoss, compact": (RWWeightedCrossEntropyLoss(compact=True), logits, compact_target),
-            "FocalLoss (original, gamma 2)": (FocalLoss(), logits, labels),
+            "FocalLoss (original: MONAI's with weight C, gamma 2)": (
+                FocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0, weight=logits.shape[1]),
+                logits,
+                labels,
+            ),
         }
     )
     return {name: (lambda args=args: step(*args)) for name, args in candidates.items()}

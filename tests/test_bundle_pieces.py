@@ -15,9 +15,7 @@ from common.engines import GradientClipping
 def test_gradient_clipping_limits_the_l2_norm_before_the_step():
     weight = torch.nn.Parameter(torch.ones(4))
     (weight * 100.0).sum().backward()  # gradient norm 200
-    engine = SimpleNamespace(state=SimpleNamespace(metrics={}))
-    GradientClipping([weight], max_norm=5.0)(engine)
-    assert engine.state.metrics["grad_norm"] == pytest.approx(200.0)
+    GradientClipping([weight], max_norm=5.0)(SimpleNamespace(amp=False))
     assert weight.grad.norm().item() == pytest.approx(5.0, rel=1e-4)
     with pytest.raises(ValueError, match="max_norm must be > 0"):
         GradientClipping([weight], max_norm=0.0)

@@ -87,6 +87,7 @@ def test_configs_are_standard_monai_train_workflows(name, parts, datalist_folder
 def test_training_prints_the_mean_loss_of_every_epoch_and_no_iteration_lines(prepared_acdc_release, tmp_path, caplog):
     configs = BUNDLES_DIR / "acdc17_rrw" / "configs"
     overrides = {"patch_size": [64, 64], "filters": [4, 8, 8, 16, 16, 16], "samples_per_volume": 2, "epochs": 2}
+    overrides["iterations_per_epoch"] = 3  # the bundle's nnU-Net epoch is 250 iterations
     console = logging.getLogger("monai.handlers.StatsHandler")  # MONAI gives it its own stdout handler
     console.addHandler(caplog.handler)
     try:
