@@ -94,14 +94,20 @@ def _full_resolution_head(pred: torch.Tensor, rw_map: torch.Tensor) -> torch.Ten
     return pred[:, 0] if pred.ndim == rw_map.ndim + 1 else pred
 
 
+def _first_output(pred: Any) -> Any:
+    """The full-resolution output of a list of deep-supervision outputs (each at its own resolution), else ``pred``."""
+    return pred[0] if isinstance(pred, list | tuple) else pred
+
+
 def default_diagnostic_transform(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits, rw_map)`` batches from a MONAI trainer output (decollated list of dicts, or one dict).
 
     The trainer's ``label`` is whatever the loss received (the bundles' ``PrepareBatchKeys`` hands it the RW map);
-    ``pred`` is the network output, possibly with stacked deep supervision heads, of which the first is used.
+    ``pred`` is the network output, possibly with deep supervision heads (stacked, or a list of outputs at their own
+    resolutions), of which the first is used.
     """
     items = output if isinstance(output, list) else [output]
-    preds = [item["pred"] for item in items]
+    preds = [_first_output(item["pred"]) for item in items]
     maps = [item["label"] for item in items]
     if isinstance(output, list):  # decollated items lack the batch dimension
         preds, maps = [p[None] for p in preds], [m[None] for m in maps]

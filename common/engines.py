@@ -1,9 +1,8 @@
-"""Small pieces that MONAI engines need for the bundles: batch preparation, deep supervision, metrics output.
+"""Small pieces that MONAI engines need for the bundles: batch preparation, metrics, gradient clipping, output.
 
 They are meant to be referenced from bundle configs, e.g.::
 
-    prepare_batch: {_target_: common.engines.PrepareBatchKeys, image_key: image, target_key: rw_map}
-    loss: {_target_: common.engines.StackedDeepSupervisionLoss, loss: "@region_loss"}
+    prepare_batch: {_target_: common.engines.PrepareBatchKeys, image_key: image, target_key: target}
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.metrics.metric import Metric, reinit__is_reduced
 from monai.engines.utils import PrepareBatch
-from monai.losses import DeepSupervisionLoss
 
 from common.data import atomic_output
 from common.errors import OptionError, ensure_absent
@@ -68,30 +66,6 @@ class PrepareBatchKeys(PrepareBatch):
             batchdata[key].to(device=device, non_blocking=non_blocking, **kwargs)
             for key in (self.image_key, self.target_key)
         )
-
-
-class StackedDeepSupervisionLoss(DeepSupervisionLoss):
-    """:class:`monai.losses.DeepSupervisionLoss` for networks that stack their outputs along dimension 1.
-
-    MONAI's ``DynUNet`` returns its deep supervision heads, upsampled to the full size, as one tensor of shape
-    ``(B, 1 + deep_supr_num, C, *spatial)`` in training mode and a plain ``(B, C, *spatial)`` tensor in
-    evaluation mode. This loss unbinds the stacked form into the list ``DeepSupervisionLoss`` weights (the full
-    resolution output first) and passes the plain form through.
-    """
-
-    def forward(self, input: torch.Tensor | list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        """Weighted sum of the wrapped loss over the supervision heads.
-
-        Args:
-            input: stacked ``(B, H, C, *spatial)`` heads, a list of heads, or one ``(B, C, *spatial)`` output.
-            target: ``(B, C', *spatial)`` target of the wrapped loss.
-
-        Returns:
-            The loss.
-        """
-        if isinstance(input, torch.Tensor) and input.ndim == target.ndim + 1:
-            input = list(torch.unbind(input, dim=1))
-        return super().forward(input, target)
 
 
 class SegmentationMetric(Metric):

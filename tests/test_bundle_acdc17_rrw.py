@@ -16,9 +16,6 @@ import torch
 from monai.bundle import ConfigParser, run
 from monai.data import MetaTensor
 
-from common.engines import StackedDeepSupervisionLoss
-from common.losses import RegionWiseLoss
-
 pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning")
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "acdc17_rrw"
@@ -141,18 +138,6 @@ def test_inference_segments_a_folder_on_each_inputs_grid(trained_run, prepared_r
     run(config_file=INFERENCE, dataset_dir=str(inputs), output_dir=str(outputs), progress=False, **settings)
     assert "kept 2 existing output(s), 0 failure(s)" in capsys.readouterr().out
     assert (outputs / "swapped.nii").read_bytes() == first_output
-
-
-def test_deep_supervision_loss_weights_the_stacked_heads():
-    torch.manual_seed(0)
-    heads = torch.randn(2, 3, 4, 8, 8)  # DynUNet training output: (B, 1 + deep_supr_num, C, H, W)
-    rw_map = torch.randn(2, 4, 8, 8)
-    region_loss = RegionWiseLoss()
-    loss = StackedDeepSupervisionLoss(region_loss, weight_mode="exp")
-    weights = torch.tensor([1.0, 0.5, 0.25])
-    expected = sum(weight * region_loss(heads[:, index], rw_map) for index, weight in enumerate(weights))
-    torch.testing.assert_close(loss(heads, rw_map), expected)
-    torch.testing.assert_close(loss(heads[:, 0], rw_map), region_loss(heads[:, 0], rw_map))  # evaluation output
 
 
 @pytest.mark.slow

@@ -17,8 +17,8 @@ from common.diagnostics import (
     negative_component_count,
     rw_logit_gradient,
 )
-from common.engines import PrepareBatchKeys, StackedDeepSupervisionLoss
-from common.losses import RegionWiseLoss
+from common.engines import PrepareBatchKeys
+from common.losses import NNUNetDeepSupervisionLoss, RegionWiseLoss
 from common.maps import boundary_map, rrw_map
 
 
@@ -75,15 +75,15 @@ def test_shape_mismatch_raises():
 
 
 class TwoHeadNet(torch.nn.Module):
-    """Stacks two heads along dim 1 in training mode, like DynUNet with deep supervision."""
+    """Two outputs at their own resolutions in training mode, like the RW bundles' DeepSupervisionDynUNet."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         out = self.conv(x)
-        return torch.stack([out, 0.5 * out], dim=1) if self.training else out
+        return [out, 0.5 * torch.nn.functional.avg_pool2d(out, 2)] if self.training else out
 
 
 def test_handler_logs_the_epoch_fraction_of_a_deep_supervision_trainer(tmp_path):
@@ -99,7 +99,7 @@ def test_handler_logs_the_epoch_fraction_of_a_deep_supervision_trainer(tmp_path)
         train_data_loader=torch.utils.data.DataLoader(data, batch_size=2),
         network=network,
         optimizer=torch.optim.SGD(network.parameters(), lr=0.0),  # fixed weights: the fraction can be recomputed
-        loss_function=StackedDeepSupervisionLoss(RegionWiseLoss()),
+        loss_function=NNUNetDeepSupervisionLoss(RegionWiseLoss(), num_outputs=2),
         prepare_batch=PrepareBatchKeys(target_key="rw_map"),
     )
     handler = InstabilityDiagnosticHandler(filename=tmp_path / "instability.csv")
