@@ -48,7 +48,7 @@ def _creation_mode() -> int:
 
 
 @contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary file next to ``path`` that replaces ``path`` only if the block finishes.
 
     Readers never see a half-written file and an interrupted write leaves any earlier file intact. The
@@ -58,9 +58,14 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
     Args:
         path: destination file; parent folders are created.
+        replace: replace a file at ``path``; False refuses one that exists when the block finishes (also one that
+            appeared while it ran: the finished file is linked into place, which fails on an existing name).
 
     Yields:
         The temporary path to write to.
+
+    Raises:
+        FileExistsError: ``path`` exists when the block finishes and ``replace`` is False.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +75,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp_name)
         os.chmod(tmp_name, _creation_mode())
-        os.replace(tmp_name, path)
+        if replace:
+            os.replace(tmp_name, path)
+        else:
+            os.link(tmp_name, path)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
 
@@ -97,6 +105,19 @@ def write_json_atomic(data: Any, path: str | os.PathLike, overwrite: bool = Fals
     return path
 
 
+def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
+    """Open a NIfTI-1 or NIfTI-2 file lazily whatever the letter case of its extension.
+
+    ``nib.load`` looks for ``x.nii`` when given ``x.Nii``; a file map of the exact name avoids that, and the
+    compression follows the ``.gz`` extension in any case.
+    """
+    holder = nib.FileHolder(filename=os.fspath(path))
+    try:
+        return nib.Nifti1Image.from_file_map({"header": holder, "image": holder})
+    except nib.spatialimages.HeaderDataError:  # a NIfTI-2 header has another size
+        return nib.Nifti2Image.from_file_map({"header": holder, "image": holder})
+
+
 def load_volume(path: str | os.PathLike, spatial_dims: int | Collection[int] = 3) -> tuple[np.ndarray, np.ndarray]:
     """Read a NIfTI volume and check that it has the expected number of spatial dimensions.
 
@@ -113,7 +134,7 @@ def load_volume(path: str | os.PathLike, spatial_dims: int | Collection[int] = 3
     """
     accepted = {spatial_dims} if isinstance(spatial_dims, int) else set(spatial_dims)
     try:
-        image = nib.load(os.fspath(path))
+        image = load_nifti(path)
         array = np.asanyarray(image.dataobj)
     except Exception as error:  # nibabel raises several unrelated types for corrupt files
         raise ValueError(f"{path}: cannot read as NIfTI ({type(error).__name__}: {error})") from error

@@ -15,13 +15,14 @@ from __future__ import annotations
 import gzip
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+
+from common.data import atomic_output, load_nifti
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SEGMENTATION_DESCRIPTION = b"segmentation by folder inference"  # header mark of the files this module writes
@@ -42,19 +43,6 @@ def nifti_suffix(name: str) -> str:
 def real_path(path: str | os.PathLike) -> Path:
     """The path with every symbolic link resolved; a dangling or looping link resolves as far as it goes."""
     return Path(os.path.realpath(path))
-
-
-def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
-    """Open a NIfTI-1 or NIfTI-2 file lazily whatever the letter case of its extension.
-
-    ``nib.load`` looks for ``x.nii`` when given ``x.Nii``; a file map of the exact name avoids that, and the
-    compression follows the ``.gz`` extension in any case.
-    """
-    holder = nib.FileHolder(filename=os.fspath(path))
-    try:
-        return nib.Nifti1Image.from_file_map({"header": holder, "image": holder})
-    except nib.spatialimages.HeaderDataError:  # a NIfTI-2 header has another size
-        return nib.Nifti2Image.from_file_map({"header": holder, "image": holder})
 
 
 def as_path(value: Any, option: str) -> Path:
@@ -274,12 +262,6 @@ class FolderPlan:
                 self.cases.append({"image": os.fspath(path), "source": os.fspath(path), "output": os.fspath(output)})
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_nifti_atomic(image: nib.Nifti1Image, path: str | os.PathLike, replace: bool = False) -> Path:
     """Write ``image`` so that ``path`` holds either nothing, its earlier file or the complete new one.
 
@@ -295,20 +277,10 @@ def write_nifti_atomic(image: nib.Nifti1Image, path: str | os.PathLike, replace:
     payload = image.to_bytes()
     if path.name.lower().endswith(".gz"):
         payload = gzip.compress(payload, compresslevel=1, mtime=0)  # same labels, same bytes
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~_current_umask())
-        if replace:
-            os.replace(temporary, path)
-        else:
-            os.link(temporary, path)  # fails if the destination exists, unlike a rename
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    with atomic_output(path, replace=replace) as temporary, open(temporary, "wb") as stream:
+        stream.write(payload)
+        stream.flush()
+        os.fsync(stream.fileno())
     return path
 
 

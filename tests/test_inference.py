@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -164,16 +165,14 @@ def test_bad_files_are_listed_with_their_reason_and_the_run_exits_1(bundle_root,
     os.mkfifo(inputs / "pipe.nii")
     (inputs / "linked_folder").symlink_to(tmp_path, target_is_directory=True)
 
-    original_mkstemp = folder_io.tempfile.mkstemp
+    original_fsync = folder_io.os.fsync
 
-    def mkstemp_on_a_full_disk(*args, **kwargs):  # the temporary file of full_disk's output cannot be written
-        descriptor, name = original_mkstemp(*args, **kwargs)
-        if Path(name).name.startswith(".full_disk"):
-            os.close(descriptor)
-            descriptor = os.open("/dev/full", os.O_WRONLY)  # writes fail with ENOSPC
-        return descriptor, name
+    def fsync_on_a_full_disk(descriptor: int) -> None:  # the temporary file of full_disk's output cannot be stored
+        if Path(os.readlink(f"/proc/self/fd/{descriptor}")).name.startswith(".full_disk"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        original_fsync(descriptor)
 
-    monkeypatch.setattr(folder_io.tempfile, "mkstemp", mkstemp_on_a_full_disk)
+    monkeypatch.setattr(folder_io.os, "fsync", fsync_on_a_full_disk)
     assert segment(bundle_root, inputs, outputs) == 1
     summary = capsys.readouterr().out
     assert "segmented 1 file(s), kept 0 existing output(s), 11 failure(s)" in summary
