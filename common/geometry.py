@@ -12,6 +12,8 @@ axis (the acquisition's slice direction) and must never resample across slices:
 - :class:`SliceSpacingd` is ``Spacingd`` that resamples in-plane only (``-1`` along the slice axis) and refuses,
   naming the file, a volume whose slice axis is not its coarsest axis (slicing it would interpolate across the
   acquisition's slices).
+- :class:`SliceStepd` keeps every k-th slice of a volume (the RW bundles' coarser validation grid,
+  ``val_slice_step``): a slice-wise network sees each kept slice exactly as in training, with ``k`` times less work.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform, Spacingd
 
 from common.validation import source_name
 
-__all__ = ["AddSliceAxisd", "SliceSpacingd", "VolumeGeometry", "coarsest_axis", "volume_geometry"]
+__all__ = ["AddSliceAxisd", "SliceSpacingd", "SliceStepd", "VolumeGeometry", "coarsest_axis", "volume_geometry"]
 
 DEFAULT_SLICE_AXIS = 2  # axial in RAS
 SPACING_RTOL = 0.05  # axes whose spacing is within 5 % of the largest count as equally coarse
@@ -142,3 +145,50 @@ class SliceSpacingd(Spacingd):
             self.check_slice_axis(data[key], source_name(data[key], key))
             break
         return super().__call__(data, lazy=lazy)
+
+
+class SliceStepd(MapTransform):
+    """Keep slices ``0, step, 2 * step, ...`` along ``slice_axis``; the affine's slice column is scaled by ``step``.
+
+    The coarser validation grid of slice-wise networks: every kept slice is the network's input as it is in
+    training (no interpolation in-plane or across slices), so Dice and the Hausdorff distance (in mm, from the
+    updated affine) are those of the thinned volume at ``1 / step`` of the network and metric work. MONAI has no
+    strided selection (``SpatialCrop`` refuses slice steps, ``Zoom`` interpolates and may round a short volume to
+    no slice at all), hence this transform.
+
+    Args:
+        keys: keys of channel-first volumes ``(C, *spatial)`` (image and label, so that they stay aligned).
+        slice_axis: spatial axis the slices are taken along (0, 1 or 2).
+        step: keep every ``step``-th slice; 1 returns the volumes unchanged.
+        allow_missing_keys: don't raise an error for a missing key.
+
+    Raises:
+        ValueError: ``step`` is smaller than 1 or ``slice_axis`` is not 0, 1 or 2.
+    """
+
+    def __init__(self, keys: KeysCollection, slice_axis: int, step: int, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if slice_axis not in (0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis!r}")
+        if int(step) != step or step < 1:
+            raise ValueError(f"the slice step must be a whole number >= 1, got {step!r}")
+        self.slice_axis = slice_axis
+        self.step = int(step)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Return the dictionary with every volume thinned to every ``step``-th slice."""
+        d = dict(data)
+        if self.step == 1:
+            return d
+        for key in self.key_iterator(d):
+            volume = d[key]
+            index = [slice(None)] * volume.ndim
+            index[1 + self.slice_axis] = slice(None, None, self.step)
+            thinned = volume[tuple(index)].clone()
+            if isinstance(volume, MetaTensor):
+                affine = volume.affine.clone()
+                affine[:, self.slice_axis] *= self.step
+                thinned = MetaTensor(thinned.as_tensor(), meta=dict(volume.meta))
+                thinned.affine = affine
+            d[key] = thinned
+        return d

@@ -5,22 +5,82 @@ probabilities through the inverse resampling: ``C`` float32 copies of the input 
 (and area or nearest) resampling treats channels independently, so the same labels come from inverting a few
 channels at a time and keeping a running maximum: the peak then holds ``channels_per_step`` input-sized channels
 instead of ``C``. The softmax is taken on the network grid with one shared log-sum-exp.
+
+The class scores themselves are ``C`` copies of the network grid. For slice-wise networks on large volumes with
+many classes, :class:`SlabLabelInferer` keeps them for a slab of slices at a time and returns the labels of the
+network grid; ``InvertedArgmaxd(labels_given=True)`` then brings those labels back by nearest neighbour, in memory
+that does not depend on the class count (label borders then follow the network grid).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
+from monai.inferers import Inferer
 from monai.transforms import Invertd, InvertibleTransform, MapTransform
 
 
 def count_non_finite(tensor: torch.Tensor) -> tuple[int, int]:
     """The numbers of NaN and of infinite values in ``tensor``."""
     return int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+
+
+def _source_name(image: Any, default: str = "the image") -> str:
+    """The file a (possibly batched) MetaTensor was read from, for error messages."""
+    source = getattr(image, "meta", {}).get("filename_or_obj", default)
+    return str(source[0] if isinstance(source, (list, tuple)) and source else source)
+
+
+def _refuse_non_finite(scores: torch.Tensor, image: Any) -> None:
+    nan, inf = count_non_finite(scores)
+    if nan or inf:
+        raise ValueError(f"{_source_name(image)}: the network output holds {nan} NaN and {inf} infinite values")
+
+
+class SlabLabelInferer(Inferer):
+    """Labels ``(B, 1, *spatial)`` of a slice-wise inferer's class scores, computed a slab of slices at a time.
+
+    A slice-wise network (``monai.inferers.SliceInferer``) treats every slice on its own, so running it on slabs of
+    ``slab_slices`` slices gives the scores of the whole volume slab by slab; only one slab's ``C`` score channels
+    exist at once, and the argmax of each slab is kept (as float32, the type MONAI's inverse resampling takes).
+
+    Args:
+        inferer: the slice-wise inferer (e.g. ``SliceInferer``), applied to each slab.
+        spatial_dim: the spatial axis the slices are taken along (``SliceInferer``'s ``spatial_dim``).
+        slab_slices: slices per slab.
+
+    Raises:
+        ValueError: ``slab_slices`` < 1; from ``__call__``: the scores hold NaN or infinite values (naming the file).
+    """
+
+    def __init__(self, inferer: Inferer, spatial_dim: int, slab_slices: int = 16) -> None:
+        super().__init__()
+        if slab_slices < 1:
+            raise ValueError(f"slab_slices must be at least 1, got {slab_slices}")
+        self.inferer = inferer
+        self.spatial_dim = spatial_dim
+        self.slab_slices = slab_slices
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> Any:
+        """The label of every voxel of ``inputs`` (B, C_in, *spatial): the argmax over the network's classes."""
+        axis = 2 + self.spatial_dim
+        labels = None
+        for start in range(0, inputs.shape[axis], self.slab_slices):
+            slab = inputs.narrow(axis, start, min(self.slab_slices, inputs.shape[axis] - start))
+            scores = self.inferer(slab, network, *args, **kwargs)
+            _refuse_non_finite(scores, inputs)
+            slab_labels = torch.as_tensor(scores).argmax(1, keepdim=True).to(torch.float32)
+            if labels is None:
+                shape = list(slab_labels.shape)
+                shape[axis] = inputs.shape[axis]
+                labels = torch.empty(shape, dtype=torch.float32, device=slab_labels.device)
+            labels.narrow(axis, start, slab_labels.shape[axis]).copy_(slab_labels)
+            del scores, slab_labels
+        return labels
 
 
 class InvertedArgmaxd(MapTransform):
@@ -37,6 +97,8 @@ class InvertedArgmaxd(MapTransform):
         channels_per_step: class channels inverted together: 1 holds least memory, ``C`` is the usual pipeline.
         argmax_first: take the argmax on the network grid and invert the labels by nearest neighbour: least
             memory and time, but label borders follow the network grid instead of interpolated probabilities.
+        labels_given: the values are labels on the network grid already (:class:`SlabLabelInferer`): they are
+            inverted by nearest neighbour, like ``argmax_first``.
         allow_missing_keys: don't raise an error for a missing key.
 
     Raises:
@@ -51,6 +113,7 @@ class InvertedArgmaxd(MapTransform):
         softmax: bool = True,
         channels_per_step: int = 1,
         argmax_first: bool = False,
+        labels_given: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -60,7 +123,9 @@ class InvertedArgmaxd(MapTransform):
         self.softmax = softmax
         self.channels_per_step = channels_per_step
         self.argmax_first = argmax_first
-        self.inverter = Invertd("scores", transform, orig_keys=orig_keys, nearest_interp=argmax_first)
+        self.labels_given = labels_given
+        nearest = argmax_first or labels_given
+        self.inverter = Invertd("scores", transform, orig_keys=orig_keys, nearest_interp=nearest)
 
     def _invert(self, scores: torch.Tensor, data: Mapping[Hashable, Any]) -> MetaTensor:
         return self.inverter({"scores": MetaTensor(scores), self.orig_keys: data[self.orig_keys]})["scores"]
@@ -83,11 +148,14 @@ class InvertedArgmaxd(MapTransform):
     def labels(self, scores: torch.Tensor, data: Mapping[Hashable, Any]) -> MetaTensor:
         """Labels ``(1, *input grid)`` for the scores ``(C, *network grid)`` of the image in ``data``."""
         scores = scores.as_tensor() if isinstance(scores, MetaTensor) else scores
+        if self.labels_given:
+            return self._invert(scores.to(torch.float32), data).round().to(torch.int16)
         counts = [count_non_finite(chunk) for _, chunk in self._chunks(scores)]
         nan, inf = sum(count[0] for count in counts), sum(count[1] for count in counts)
         if nan or inf:
-            source = getattr(data[self.orig_keys], "meta", {}).get("filename_or_obj", "the image")
-            raise ValueError(f"{source}: the network output holds {nan} NaN and {inf} infinite values")
+            raise ValueError(
+                f"{_source_name(data[self.orig_keys])}: the network output holds {nan} NaN and {inf} infinite values"
+            )
         if self.argmax_first:
             return self._invert(scores.argmax(0, keepdim=True).to(torch.float32), data).round().to(torch.int16)
         log_total = self._log_total(scores) if self.softmax else None

@@ -18,10 +18,15 @@ per round, so that load from other processes hits all alike) and the tables give
    initialised weights built from the same config: peak RSS (``wait4``) and wall time for 4, 20 and 117 classes,
    and whether the prediction kept the input's shape and affine. Each subprocess runs under an address-space limit
    (``--memory-limit-gb``) so that a run which would exhaust a shared machine fails instead (reported as over it).
+   ``--bundle msd_rrw --inference-variants scores labels_first`` also runs the slice-wise bundles' bounded-memory
+   path (``--labels_first True``) on the same weights, with the fraction of voxels whose label differs from the
+   default path; ``--inference-slices`` sets the volume's slice count (memory against volume size).
 
     python scripts/bench_scale.py --atlas DATA/brain_colin27_aal/labelsTr/colin27.nii.gz   # full (~15 min, 2 cores)
     python scripts/bench_scale.py --quick              # smaller volumes and losses, 4/20 classes inference only
     python scripts/bench_scale.py --sections maps losses
+    python scripts/bench_scale.py --sections inference --bundle msd_rrw --inference-variants scores labels_first \
+        --memory-limit-gb 14
 """
 
 from __future__ import annotations
@@ -209,7 +214,13 @@ def _address_space_limit(limit_bytes: int):
 
 
 def run_inference(
-    config_file: Path, bundle_root: Path, input_dir: Path, output_dir: Path, num_classes: int, limit_gb: float
+    config_file: Path,
+    bundle_root: Path,
+    input_dir: Path,
+    output_dir: Path,
+    num_classes: int,
+    limit_gb: float,
+    options: list[str],
 ) -> tuple[int, float, float, str]:
     """Run the bundle's inference in a subprocess; return exit status, peak RSS (GiB), wall seconds, failure reason."""
     command = [
@@ -219,6 +230,7 @@ def run_inference(
         "--dataset_dir", str(input_dir),
         "--output_dir", str(output_dir),
         "--num_classes", str(num_classes),
+        *options,
     ]  # fmt: skip
     environment = dict(
         os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
@@ -245,33 +257,49 @@ def run_inference(
 
 
 def bench_inference(
-    bundle: str, class_counts: list[int], shape: tuple[int, ...], spacing: tuple[float, ...], limit_gb: float
+    bundle: str,
+    class_counts: list[int],
+    shape: tuple[int, ...],
+    spacing: tuple[float, ...],
+    limit_gb: float,
+    variant_names: list[str],
 ) -> None:
     config_file = REPOSITORY / "bundles" / bundle / "configs" / "inference.yaml"
     print(
         f"\n## Folder inference of {bundle} on a {'x'.join(map(str, shape))} volume ({spacing} mm), "
         f"address-space limit {limit_gb:g} GiB per run, torch threads {torch.get_num_threads()}"
     )
-    print("| C | exit | peak RSS (GiB) | wall (s) | prediction shape and affine kept | note |")
-    print("|---|---|---|---|---|---|")
+    options = {"scores": [], "labels_first": ["--labels_first", "True"]}  # labels_first: slice-wise bundles only
+    variants = {name: options[name] for name in variant_names}
+    print("| C | inference | exit | peak RSS (GiB) | wall (s) | geometry kept | labels != scores | note |")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as workdir:
         input_dir = Path(workdir) / "images"
         input_dir.mkdir()
         image = write_ct_like_volume(input_dir / "ct.nii.gz", shape, spacing)
         for num_classes in class_counts:
             bundle_root = Path(workdir) / f"bundle_C{num_classes}"
-            output_dir = Path(workdir) / f"predictions_C{num_classes}"
             initialised_checkpoint(config_file, bundle_root, num_classes)
-            status, peak_gb, seconds, reason = run_inference(
-                config_file, bundle_root, input_dir, output_dir, num_classes, limit_gb
-            )
-            predictions = sorted(output_dir.rglob("*.nii*")) if output_dir.is_dir() else []
-            kept = bool(predictions) and all(
-                nib.load(p).shape[:3] == image.shape and np.allclose(nib.load(p).affine, image.affine, atol=1e-4)
-                for p in predictions
-            )
-            note = "" if status == 0 else f"failed: {reason[-160:]}"
-            print(f"| {num_classes} | {status} | {peak_gb:.2f} | {seconds:.0f} | {kept} | {note} |", flush=True)
+            reference = None
+            for index, (variant, options) in enumerate(variants.items()):
+                output_dir = Path(workdir) / f"predictions_C{num_classes}_{index}"
+                status, peak_gb, seconds, reason = run_inference(
+                    config_file, bundle_root, input_dir, output_dir, num_classes, limit_gb, options
+                )
+                predictions = sorted(output_dir.rglob("*.nii*")) if output_dir.is_dir() else []
+                kept = bool(predictions) and all(
+                    nib.load(p).shape[:3] == image.shape and np.allclose(nib.load(p).affine, image.affine, atol=1e-4)
+                    for p in predictions
+                )
+                labels = np.asanyarray(nib.load(predictions[0]).dataobj) if len(predictions) == 1 else None
+                reference = labels if reference is None else reference
+                differ = "-" if labels is None or index == 0 else f"{(labels != reference).mean():.2%}"  # vs the first
+                note = "" if status == 0 else f"failed: {reason[-160:]}"
+                print(
+                    f"| {num_classes} | {variant} | {status} | {peak_gb:.2f} | {seconds:.0f} | {kept} | {differ} "
+                    f"| {note} |",
+                    flush=True,
+                )
 
 
 def main() -> None:
@@ -286,6 +314,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="half-size maps, 64^3 losses, 64x64x16 inference")
     parser.add_argument("--bundle", default="brain_explog", help="bundle whose inference config is run")
     parser.add_argument("--memory-limit-gb", type=float, default=8.0, help="address-space limit per inference run")
+    parser.add_argument(
+        "--inference-variants",
+        nargs="+",
+        default=["scores"],
+        choices=["scores", "labels_first"],
+        help="scores: the bundle's default; labels_first: the slice-wise bundles' --labels_first True",
+    )
+    parser.add_argument("--inference-slices", type=int, default=61, help="slices of the 512x512 inference volume")
     args = parser.parse_args()
     repeats = 2 if args.quick else args.repeats
 
@@ -294,8 +330,9 @@ def main() -> None:
     if "losses" in args.sections:
         bench_losses(2, 20, 64 if args.quick else 128, max(repeats // 2, 2))
     if "inference" in args.sections:
-        shape = (64, 64, 16) if args.quick else (512, 512, 61)
-        bench_inference(args.bundle, args.classes, shape, (0.7, 0.7, 5.0), args.memory_limit_gb)
+        shape = (64, 64, 16) if args.quick else (512, 512, args.inference_slices)
+        spacing, limit = (0.7, 0.7, 5.0), args.memory_limit_gb
+        bench_inference(args.bundle, args.classes, shape, spacing, limit, args.inference_variants)
 
 
 if __name__ == "__main__":

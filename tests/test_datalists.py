@@ -18,7 +18,7 @@ from monai.transforms import MapLabelValued
 
 from common.data import atomic_output, load_datalist, read_datalist_field, write_json_atomic
 from common.fake_releases import write_fake_msd
-from common.geometry import AddSliceAxisd, SliceSpacingd, volume_geometry
+from common.geometry import AddSliceAxisd, SliceSpacingd, SliceStepd, volume_geometry
 from common.splits import holdout_folds, parity_split, position_parity_split, random_split
 from common.synthetic import save_nifti
 from common.validation import ValidateSegmentationd, validate_datalist
@@ -245,6 +245,30 @@ def test_slice_spacing_resamples_in_plane_only_and_refuses_a_finer_slice_axis():
         SliceSpacingd(["image"], slice_axis=3, pixdim=1.0)
 
 
+def test_slice_step_keeps_every_kth_slice_exactly_with_its_position():
+    image = volume((6, 5, 10), (0.8, 0.8, 2.5))
+    image.affine[:3, 3] = torch.tensor([10.0, -4.0, 7.0], dtype=torch.float64)
+    label = MetaTensor((image > 0.5).to(torch.uint8), affine=image.affine.clone())
+    original = image.as_tensor().clone()
+    thinned = SliceStepd(["image", "label"], slice_axis=2, step=4)({"image": image, "label": label})
+    assert torch.equal(thinned["image"].as_tensor(), image.as_tensor()[..., [0, 4, 8]])  # no interpolation
+    assert torch.equal(thinned["label"].as_tensor(), label.as_tensor()[..., [0, 4, 8]])
+    for key in ("image", "label"):  # kept slice j lies where slice 4 j of the input lies
+        for kept in range(3):
+            voxel = torch.tensor([2.0, 3.0, kept, 1.0], dtype=torch.float64)
+            source = torch.tensor([2.0, 3.0, 4 * kept, 1.0], dtype=torch.float64)
+            assert torch.allclose(thinned[key].affine @ voxel, image.affine @ source)
+    assert thinned["image"].pixdim.tolist() == pytest.approx([0.8, 0.8, 10.0])
+    assert tuple(image.shape) == (1, 6, 5, 10) and torch.equal(image.as_tensor(), original)  # input kept
+    one_slice = SliceStepd(["image"], slice_axis=0, step=3)({"image": volume((1, 4, 4), (1.0, 1.0, 1.0))})
+    assert tuple(one_slice["image"].shape) == (1, 1, 4, 4)  # a one-slice volume keeps its slice
+    unchanged = {"image": image}
+    assert SliceStepd(["image"], slice_axis=2, step=1)(unchanged)["image"] is image
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="slice step must be a whole number"):
+            SliceStepd(["image"], slice_axis=2, step=bad)
+
+
 def test_2d_files_pass_validation_only_where_the_network_is_2d():
     image = volume((16, 12), (0.8, 0.8))
     label = MetaTensor(torch.zeros(1, 16, 12), affine=image.affine)
@@ -291,6 +315,26 @@ def test_msd_rrw_pipeline_trains_on_selected_labels_of_reoriented_volumes_and_2d
         assert tuple(sample["image"].shape) == (1, 16, 16) and set(torch.unique(label).tolist()) <= {0, 1}
         volume = volumes(dict(dataset.data[index]))
         assert nib.aff2axcodes(np.asarray(volume["image"].affine)) == ("R", "A", "S")
+
+
+def test_rw_validation_grid_is_settable_and_evaluation_scores_every_slice(tmp_path):
+    from monai.bundle import ConfigParser
+
+    task = write_fake_msd(tmp_path / "Task", n_cases=2, shape=(16, 12, 8), label_names=LABELS)
+    assert prepare_msd(task, "--validation-fraction", 0.5) == 0
+    configs = REPO / "bundles" / "msd_rrw" / "configs"
+    train_config = tmp_path / "train.yaml"  # a user's train.yaml validating on every third slice
+    train_config.write_text((configs / "train.yaml").read_text().replace("val_slice_step: 1", "val_slice_step: 3"))
+    slices = {}
+    for name, files in {"train": [train_config], "evaluate": [train_config, configs / "evaluate.yaml"]}.items():
+        parser = ConfigParser()
+        parser.read_config([str(file) for file in files])
+        parser.update({"dataset_dir": str(task), "cache_rate": 0.0})
+        [case] = parser.get_parsed_content("validate#dataset")
+        slices[name] = (case["image"].shape[-1], case["label"].shape[-1], float(case["label"].pixdim[2]))
+    spacing = slices["evaluate"][2]
+    assert slices["train"] == (3, 3, pytest.approx(3 * spacing))  # slices 0, 3, 6 of 8
+    assert slices["evaluate"][:2] == (8, 8)
 
 
 @pytest.mark.parametrize("bundle", ["acdc17_rrw", "msd_rrw"])

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.data import MetaTensor
+from monai.inferers import SliceInferer
 from monai.transforms import (
     Activationsd,
     AsDiscreted,
@@ -38,7 +40,7 @@ from common.folder_io import (
     write_segmentation,
 )
 from common.inference import AsVolumed, CheckFiniteIntensityd, CheckInputFiled, FolderEvaluator
-from common.inversion import InvertedArgmaxd
+from common.inversion import InvertedArgmaxd, SlabLabelInferer
 from common.synthetic import save_nifti
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -435,8 +437,6 @@ def test_input_checks_follow_the_network(tmp_path):
 
 
 def test_finite_check_names_the_file():
-    from monai.data import MetaTensor
-
     data = MetaTensor(torch.tensor([[1.0, float("inf"), float("nan")]]), meta={"filename_or_obj": "in-memory"})
     with pytest.raises(ValueError, match="in-memory: 1 NaN and 1 infinite intensities"):
         CheckFiniteIntensityd("image")({"image": data})
@@ -489,3 +489,47 @@ def test_non_finite_network_output_is_an_error(resampled_case):
     scores[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="case.nii.gz: the network output holds 1 NaN and 0 infinite values"):
         InvertedArgmaxd("pred", preprocessing)({**data, "pred": scores})
+
+
+def test_slab_labels_are_the_argmax_of_the_whole_volume_scores():
+    torch.manual_seed(0)
+    network = torch.nn.Conv2d(1, 5, 3, padding=1)
+    volume = MetaTensor(torch.randn(1, 1, 40, 36, 23), meta={"filename_or_obj": ["scan.nii.gz"]})
+    slice_inferer = SliceInferer(roi_size=(32, 32), sw_batch_size=4, spatial_dim=2)
+    with torch.no_grad():
+        expected = slice_inferer(volume, network).argmax(1, keepdim=True)
+        for slab_slices in (1, 5, 23, 40):  # slabs that do and do not divide the 23 slices
+            labels = SlabLabelInferer(slice_inferer, spatial_dim=2, slab_slices=slab_slices)(volume, network)
+            assert labels.dtype == torch.float32
+            torch.testing.assert_close(torch.as_tensor(labels), expected.as_tensor().float(), rtol=0, atol=0)
+        broken = torch.nn.Conv2d(1, 5, 3, padding=1)
+        broken.bias.data[2] = float("nan")
+        with pytest.raises(ValueError, match="scan.nii.gz: the network output holds"):
+            SlabLabelInferer(slice_inferer, spatial_dim=2)(volume, broken)
+    with pytest.raises(ValueError, match="slab_slices must be at least 1"):
+        SlabLabelInferer(slice_inferer, spatial_dim=2, slab_slices=0)
+
+
+def test_given_labels_are_inverted_by_nearest_neighbour(resampled_case):
+    data, preprocessing, scores = resampled_case
+    from_scores = InvertedArgmaxd("pred", preprocessing, argmax_first=True)({**data, "pred": scores})["pred"]
+    network_labels = scores.argmax(0, keepdim=True).to(torch.float32)
+    from_labels = InvertedArgmaxd("pred", preprocessing, labels_given=True)({**data, "pred": network_labels})["pred"]
+    np.testing.assert_array_equal(from_labels.numpy(), from_scores.numpy())
+    np.testing.assert_allclose(from_labels.affine, from_scores.affine)
+
+
+def test_labels_first_folder_inference_keeps_geometry_and_label_values(msd_bundle_root, tmp_path):
+    save_nifti(image((20, 16, 37)), LPS_AFFINE, tmp_path / "in" / "a.nii.gz")
+    outputs = {}
+    for labels_first in (False, True):
+        output_dir = tmp_path / f"out_{labels_first}"
+        status = segment(
+            msd_bundle_root, tmp_path / "in", output_dir, config_file=MSD_INFERENCE, labels_first=labels_first
+        )
+        assert status == 0
+        outputs[labels_first] = load_nifti(output_dir / "a.nii.gz")
+    assert outputs[True].shape == outputs[False].shape == (20, 16, 37)
+    np.testing.assert_allclose(outputs[True].affine, outputs[False].affine)
+    np.testing.assert_array_equal(np.asanyarray(outputs[True].dataobj), np.asanyarray(outputs[False].dataobj))
+    assert np.unique(np.asanyarray(outputs[True].dataobj)).tolist() == [40]  # the data set's value of index 2

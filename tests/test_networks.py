@@ -55,6 +55,35 @@ def test_wong_net_deep_supervision_concatenates_the_upsampled_decoder_tensors():
     torch.testing.assert_close(logits, expected)
 
 
+def _concatenated_wong_net_output(network: WongNet3D, image: torch.Tensor) -> torch.Tensor:
+    """The paper's form, written out: every decoder tensor repeated to full resolution, concatenated, 1x1x1 conv."""
+    decoded = []
+    hooks = [
+        level.register_forward_hook(lambda module, inputs, output: decoded.append(output)) for level in network.decoder
+    ]
+    network(image)
+    for hook in hooks:
+        hook.remove()
+    upsampled = [F.interpolate(tensor, size=image.shape[2:], mode="nearest") for tensor in decoded[:-1]]
+    return F.conv3d(torch.cat([decoded[-1], *upsampled], 1), network.output_conv.weight, network.output_conv.bias)
+
+
+def test_wong_net_fused_output_trains_like_the_concatenated_form():
+    # the output is computed part by part without the concatenated tensor: same values and gradients in training
+    torch.manual_seed(0)
+    network = WongNet3D(in_channels=1, out_channels=3, noise_std=0.0, dropout=0.0, **TINY_WONG).train()
+    image = torch.randn(2, 1, 32, 32, 32)
+    gradients = []
+    for forward in (network, lambda batch: _concatenated_wong_net_output(network, batch)):
+        network.zero_grad()
+        logits = forward(image)
+        (logits * torch.linspace(-1, 1, logits.numel()).view_as(logits)).sum().backward()
+        gradients.append(torch.cat([parameter.grad.flatten() for parameter in network.parameters()]))
+    scale = gradients[1].abs().max()
+    assert scale > 0
+    torch.testing.assert_close(gradients[0] / scale, gradients[1] / scale, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_wong_net_returns_one_output_in_training_and_inference(spatial_dims):
     torch.manual_seed(0)
@@ -129,6 +158,10 @@ def test_sa_unet_training_outputs_feed_multi_resolution_loss():
     "network",
     [
         pytest.param(lambda: WongNet3D(in_channels=1, out_channels=3, **TINY_WONG), id="WongNet3D"),
+        pytest.param(
+            lambda: WongNet3D(in_channels=1, out_channels=3, deep_supervision=False, **TINY_WONG),
+            id="WongNet3D-no-deep-supervision",
+        ),
         pytest.param(
             lambda: SAUNet(in_channels=1, out_channels=3, deep_supervision=False, **TINY_SA_UNET), id="SAUNet"
         ),
