@@ -267,4 +267,3 @@ class SegmentationWriter:
                 continue
             self.report.written.append(written)
         engine.state.batch = engine.state.output = None  # free this case before the next one is loaded
-
