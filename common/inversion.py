@@ -35,8 +35,9 @@ def _source_name(image: Any, default: str = "the image") -> str:
     return str(source[0] if isinstance(source, (list, tuple)) and source else source)
 
 
-def _refuse_non_finite(scores: torch.Tensor, image: Any) -> None:
-    nan, inf = count_non_finite(scores)
+def _refuse_non_finite(counts: tuple[int, int], image: Any) -> None:
+    """Raise naming the image's file when the network output held NaN or infinite values (``counts``)."""
+    nan, inf = counts
     if nan or inf:
         raise ValueError(f"{_source_name(image)}: the network output holds {nan} NaN and {inf} infinite values")
 
@@ -57,7 +58,7 @@ class SlabLabelInferer(Inferer):
         ValueError: ``slab_slices`` < 1; from ``__call__``: the scores hold NaN or infinite values (naming the file).
     """
 
-    def __init__(self, inferer: Inferer, spatial_dim: int, slab_slices: int = 16) -> None:
+    def __init__(self, inferer: Inferer, spatial_dim: int, slab_slices: int = 8) -> None:
         super().__init__()
         if slab_slices < 1:
             raise ValueError(f"slab_slices must be at least 1, got {slab_slices}")
@@ -72,7 +73,7 @@ class SlabLabelInferer(Inferer):
         for start in range(0, inputs.shape[axis], self.slab_slices):
             slab = inputs.narrow(axis, start, min(self.slab_slices, inputs.shape[axis] - start))
             scores = self.inferer(slab, network, *args, **kwargs)
-            _refuse_non_finite(scores, inputs)
+            _refuse_non_finite(count_non_finite(scores), inputs)
             slab_labels = torch.as_tensor(scores).argmax(1, keepdim=True).to(torch.float32)
             if labels is None:
                 shape = list(slab_labels.shape)
@@ -151,11 +152,7 @@ class InvertedArgmaxd(MapTransform):
         if self.labels_given:
             return self._invert(scores.to(torch.float32), data).round().to(torch.int16)
         counts = [count_non_finite(chunk) for _, chunk in self._chunks(scores)]
-        nan, inf = sum(count[0] for count in counts), sum(count[1] for count in counts)
-        if nan or inf:
-            raise ValueError(
-                f"{_source_name(data[self.orig_keys])}: the network output holds {nan} NaN and {inf} infinite values"
-            )
+        _refuse_non_finite((sum(count[0] for count in counts), sum(count[1] for count in counts)), data[self.orig_keys])
         if self.argmax_first:
             return self._invert(scores.argmax(0, keepdim=True).to(torch.float32), data).round().to(torch.int16)
         log_total = self._log_total(scores) if self.softmax else None
