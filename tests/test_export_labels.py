@@ -63,7 +63,8 @@ def test_export_writes_the_checkpoints_classes_values_and_names(export_script, c
     assert pred["num_channels"] == 3
     assert pred["channel_def"] == {"0": "background", "1": "aorta", "2": "kidney"}
     assert metadata["label_classes"].startswith("0 background, 27 aorta, 40 kidney")
-    assert read_network_settings(tmp_path / "unzipped" / "msd_rrw" / "models" / "model.pt") == TRAINED
+    exported_settings = read_network_settings(tmp_path / "unzipped" / "msd_rrw" / "models" / "model.pt")
+    assert exported_settings == {**TRAINED, "filters": TINY_NETWORK["filters"]}  # the network's filters recorded too
 
 
 def test_export_refuses_label_values_contradicting_the_checkpoint(export_script, checkpoint, tmp_path):

@@ -332,6 +332,7 @@ MSD_TRAINED = {  # what training on a datalist with the aorta (27) and a kidney 
     "class_names": ["aorta", "kidney"],
     "slice_axis": 2,
     "in_plane_spacing": 1.0,
+    "filters": TINY_NETWORK["filters"],
 }
 
 
@@ -355,9 +356,26 @@ def test_msd_inference_takes_classes_and_label_values_from_the_weights(msd_bundl
     parser = ConfigParser()
     parser.read_config(str(MSD_INFERENCE))
     parser.update({"bundle_root": str(msd_bundle_root)})
-    for key in ("num_classes", "label_values", "class_names", "slice_axis"):
-        assert parser.get_parsed_content(key) == MSD_TRAINED[key]  # nothing retyped
-    assert segment(msd_bundle_root, tmp_path / "in", tmp_path / "out", config_file=MSD_INFERENCE) == 0
+    for key in (
+        "num_classes",
+        "label_values",
+        "class_names",
+        "slice_axis",
+        "in_plane_spacing",
+        "patch_size",
+        "filters",
+    ):
+        assert parser.get_parsed_content(key) == MSD_TRAINED[key]  # nothing retyped, the network's geometry included
+    workflow = ConfigWorkflow(  # no --patch_size / --filters: a CPU-sized model runs as trained
+        config_file=str(MSD_INFERENCE),
+        workflow_type="infer",
+        dataset_dir=str(tmp_path / "in"),
+        output_dir=str(tmp_path / "out"),
+        bundle_root=str(msd_bundle_root),
+        progress=False,
+    )
+    workflow.initialize()
+    workflow.run()
     prediction = read(tmp_path / "out" / "a.nii.gz")
     assert prediction.shape == (20, 16, 3)
     assert np.unique(prediction).tolist() == [40]  # training index 2 written as the data set's value
