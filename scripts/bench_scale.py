@@ -280,7 +280,6 @@ def bench_inference(
         for num_classes in class_counts:
             bundle_root = Path(workdir) / f"bundle_C{num_classes}"
             initialised_checkpoint(config_file, bundle_root, num_classes)
-            reference = None
             for index, (variant, options) in enumerate(variants.items()):
                 output_dir = Path(workdir) / f"predictions_C{num_classes}_{index}"
                 status, peak_gb, seconds, reason = run_inference(
@@ -292,8 +291,10 @@ def bench_inference(
                     for p in predictions
                 )
                 labels = np.asanyarray(nib.load(predictions[0]).dataobj) if len(predictions) == 1 else None
-                reference = labels if reference is None else reference
-                differ = "-" if labels is None or index == 0 else f"{(labels != reference).mean():.2%}"  # vs the first
+                if index == 0:
+                    reference = labels  # the first variant's labels; None when it failed
+                compared = labels is not None and reference is not None and index > 0
+                differ = f"{(labels != reference).mean():.2%}" if compared else "-"
                 note = "" if status == 0 else f"failed: {reason[-160:]}"
                 print(
                     f"| {num_classes} | {variant} | {status} | {peak_gb:.2f} | {seconds:.0f} | {kept} | {differ} "
