@@ -3,8 +3,9 @@
 Three sections in one run; within a section the candidates run round-robin with their baseline (one call of each
 per round, so that load from other processes hits all alike) and the tables give medians over the rounds.
 
-1. Maps: the real AAL atlas (181x217x181, 116 regions + background = 117 classes; ``--atlas``, a labelsTr file of
-   ``fetch_real.sh``'s ``brain_colin27_aal``) and the same atlas with its regions merged into 4 and 20 classes.
+1. Maps: the real AAL atlas (181x217x181, 116 regions + background = 117 classes; ``--atlas``, a labelsTr file
+   of ``scripts/fetch_examples.py``'s ``brain_colin27_aal``) and the same atlas with its regions merged into 4 and
+   20 classes.
    ``rrw_map(..., compact=True)`` and the dense ``rrw_map`` against ONE multi-label EDT call of the label with
    every class labelled (``edt`` treats 0 as background, the RRW map does not; that call is the floor of any exact
    RRW map): time and bytes per voxel. Target: compact within 1.5x the EDT, 4 bytes per voxel.

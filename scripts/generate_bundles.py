@@ -56,6 +56,8 @@ from ruamel.yaml.scalarstring import FoldedScalarString, LiteralScalarString
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = REPO / "templates"
 BUNDLES = REPO / "bundles"
+LOCK_FILE = REPO / "requirements" / "lock.txt"
+LOCKED = "locked"  # a metadata version that the generator takes from LOCK_FILE
 README = REPO / "README.md"
 SPEC_NAME = "bundle.yaml"
 TABLE_START, TABLE_END = "<!-- bundles:start -->", "<!-- bundles:end -->"
@@ -648,6 +650,34 @@ def render_docs(name: str, sections: dict[str, NotedMapping]) -> str:
         raise SpecError(f"bundle {name}: docs field {error} missing (set it in a piece or the spec's docs)") from error
 
 
+def locked_versions() -> dict[str, str]:
+    """``{canonical package name: version}`` of every ``name==version`` line of ``requirements/lock.txt``."""
+    pins = {}
+    for line in LOCK_FILE.read_text(encoding="utf-8").splitlines():
+        if match := re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)", line):
+            pins[canonicalize_name(match.group(1))] = match.group(2)
+    return pins
+
+
+def canonicalize_name(name: str) -> str:
+    """A package's name as the package index compares it (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def with_locked_versions(metadata: dict[str, Any], spec_path: Path) -> dict[str, Any]:
+    """The metadata with every version written ``locked`` replaced by the version pinned in the lock."""
+    pins = locked_versions()
+    packages = {"monai_version": "monai", "pytorch_version": "torch", "numpy_version": "numpy"}
+    wanted = [(metadata, field, package) for field, package in packages.items() if metadata.get(field) == LOCKED]
+    required = metadata.get("required_packages_version", {})
+    wanted += [(required, package, package) for package, version in required.items() if version == LOCKED]
+    for mapping, key, package in wanted:
+        if canonicalize_name(package) not in pins:
+            raise SpecError(f"{spec_path}: {package} is not in {LOCK_FILE.name} (run scripts/update_lock.sh)")
+        mapping[key] = pins[canonicalize_name(package)]
+    return metadata
+
+
 def bundle_files(spec_path: Path) -> tuple[dict[str, str], dict[str, str]]:
     """All generated files of one bundle (relative path -> text) and its README table row."""
     name = spec_path.parent.name
@@ -662,7 +692,8 @@ def bundle_files(spec_path: Path) -> tuple[dict[str, str], dict[str, str]]:
     unknown = sorted(set(sections["metadata"]) - METADATA_KEYS)
     if unknown:
         raise SpecError(f"{spec_path}: metadata keys {unknown} are not in the model zoo's metadata schema")
-    files["configs/metadata.json"] = json.dumps(_plain(sections["metadata"]), indent=4) + "\n"
+    metadata = with_locked_versions(_plain(sections["metadata"]), spec_path)
+    files["configs/metadata.json"] = json.dumps(metadata, indent=4) + "\n"
     files["configs/logging.conf"] = (TEMPLATES / "logging.conf").read_text(encoding="utf-8")
     files["docs/README.md"] = render_docs(name, sections)
     if "data_license" not in spec:

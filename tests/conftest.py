@@ -12,8 +12,7 @@ from common.splits import random_split
 from common.synthetic import write_acdc_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = REPO_ROOT.parent / "shared"
-SCHEMA_FILE = SHARED_DIR / "schemas" / "meta_schema_20240725.json"
+SCHEMA_FILE = REPO_ROOT / "tests" / "data" / "model_zoo" / "meta_schema_20240725.json"  # source: its README.md
 
 # tiny ACDC-like volumes: 32 x 32 pixels, 4 slices, 2 frames (ED, ES) per subject
 TINY_ACDC_SHAPE = (32, 32, 4)
@@ -42,7 +41,5 @@ def prepared_acdc_release(acdc_release: Path, tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture
 def schema_file() -> Path:
-    """The model-zoo metadata schema next to the repository (``<repo>/../shared``); skips when absent."""
-    if not SCHEMA_FILE.is_file():
-        pytest.skip(f"metadata schema not found at {SCHEMA_FILE}")
+    """The model zoo's metadata schema, kept with the tests (``tests/data/model_zoo``)."""
     return SCHEMA_FILE

@@ -219,7 +219,9 @@ def test_alpha_and_learning_rate_step_once_per_epoch_of_iterations_per_epoch(pre
     )
     trainer.run()
     second_lr = 1e-4 * (1 - 1 / 2) ** 0.9
-    assert seen == pytest.approx([(1.0, 1e-4)] * 3 + [(0.99, second_lr)] * 3)
+    alphas, learning_rates = zip(*seen, strict=True)
+    assert alphas == pytest.approx([1.0] * 3 + [0.99] * 3)
+    assert learning_rates == pytest.approx([1e-4] * 3 + [second_lr] * 3)
 
 
 def test_focal_bundle_loss_is_the_original_focal_loss():
