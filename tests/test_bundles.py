@@ -24,9 +24,9 @@ import pytest
 from monai.bundle import ConfigParser, run, verify_metadata, verify_net_in_out
 from monai.losses import DiceLoss, FocalLoss
 
-from common.fake_releases import write_fake_brats, write_fake_kits19, write_fake_msd
+from common.data.synthetic_acdc import write_acdc_dataset
+from common.data.synthetic_releases import write_fake_brats, write_fake_kits19, write_fake_msd
 from common.losses import ExpLogLoss, MultiResolutionLoss, RegionWiseLoss, RWCombinedLoss, RWWeightedCrossEntropyLoss
-from common.synthetic import write_acdc_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning")
 
