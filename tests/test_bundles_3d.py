@@ -99,7 +99,7 @@ def _no_rw_map(parser: ConfigParser) -> None:
 def test_exp_log_bundle_builds_its_loss_and_the_papers_training(name):
     expected_class, expected = EXP_LOG_BUNDLES[name]
     parser = parse(name, num_classes=3, in_channels=1)
-    computes_weights = parser["label_weights"] is not None  # read from the training labels when the loss needs them
+    computes_weights = parser.get("label_weights") is not None  # read from the training labels when the loss needs them
     parser.update({"label_weights": [1.0, 2.0, 3.0]} if computes_weights else {})
     loss = parser.get_parsed_content("loss")
     assert type(loss) is expected_class and loss.to_onehot_y
