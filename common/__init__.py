@@ -1,1 +1,1 @@
-"""Shared code of the bundle collection: RW maps, losses, transforms, networks, engines helpers."""
+"""Shared code of the bundles: the method core and its data, training, inference and evaluation wings (see README)."""

@@ -1,4 +1,4 @@
-"""Benchmark common.evaluation against MONAI's Hausdorff/Dice metrics on a multi-class volume.
+"""Benchmark common.evaluation.metrics against MONAI's Hausdorff/Dice metrics on a multi-class volume.
 
 Both run side by side in this process, interleaved, and the table shows medians over repeats and the ratio.
 The default volume is a synthetic 20-structure parcellation of a sphere (Voronoi cells, like a brain atlas) at
@@ -25,7 +25,7 @@ from monai.networks.utils import one_hot
 from scipy import ndimage
 from scipy.spatial import KDTree
 
-from common.evaluation import class_structures, evaluate_case
+from common.evaluation.metrics import class_structures, evaluate_case
 
 
 def synthetic_parcellation(size: int, num_structures: int, seed: int) -> np.ndarray:

@@ -5,7 +5,8 @@ Every measurement runs a bundle's ``inference.yaml`` (default brain_explog: Wong
 2.5 mm) with an initialised checkpoint, and reports that process's peak RSS (``ru_maxrss``) and wall time:
 
 - ``usual``: MONAI's usual postprocessing, ``Activationsd(softmax)`` + ``Invertd`` of every class + argmax;
-- ``streamed``: ``common.inversion.InvertedArgmaxd`` with ``channels_per_step`` 1, 2 (the bundles' default) and 4;
+- ``streamed``: ``common.inference.inversion.InvertedArgmaxd`` with ``channels_per_step`` 1, 2 (the bundles' default)
+  and 4;
 - ``argmax_first``: argmax on the network grid, labels inverted by nearest neighbour.
 
 Labels of each variant are compared with ``usual`` (voxels that differ). Example::

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
-from common.synthetic import write_acdc_dataset
+from common.data.synthetic_acdc import write_acdc_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"dice": "acdc17_dice", "rw-moved": "acdc17_rrw", "rw-recomputed": "acdc17_rrw"}

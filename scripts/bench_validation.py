@@ -3,8 +3,8 @@
 Both paths start from the network's logits of one volume and end with the mean Dice and the Hausdorff distance
 (mm) of every foreground class:
 
-- ``bundles``: ``AsDiscreted(argmax)`` on the prediction, then two ``common.engines.SegmentationMetric`` (Dice, HD)
-  on the label maps (what templates/base.yaml validates with);
+- ``bundles``: ``AsDiscreted(argmax)`` on the prediction, then two ``common.training.metrics.SegmentationMetric``
+  (Dice, HD) on the label maps (what templates/base.yaml validates with);
 - ``monai``: ``AsDiscreted(argmax, to_onehot)`` on prediction and label, then MONAI's ``DiceMetric`` and
   ``HausdorffDistanceMetric`` with the spacing (what the bundles validated with before).
 
@@ -32,7 +32,7 @@ from monai.transforms import AsDiscreted
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_evaluation import synthetic_parcellation, warped  # noqa: E402
 
-from common.engines import SegmentationMetric  # noqa: E402
+from common.training.metrics import SegmentationMetric  # noqa: E402
 
 SETTINGS = {  # name: (classes incl. background, cube size, spacing)
     "4 classes, 96^3, 1.5x1.5x3 mm": (4, 96, (1.5, 1.5, 3.0)),

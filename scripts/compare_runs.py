@@ -5,7 +5,7 @@ Each ``--run NAME=CSV`` is a per-case CSV written by ``scripts/evaluate_folder.p
 RW paper averages three): their values are averaged per case first, and everything below uses those per-case
 means. Rows of the table are losses, columns are structures x metrics, cells are ``mean +- std`` over cases (Dice
 over cases where the structure is in the label or the prediction, HD/HD95 over cases where it is in both, as in
-``common.evaluation.summarize``; a case undefined in any run of a loss is undefined in its mean). Every
+``common.evaluation.tables.summarize``; a case undefined in any run of a loss is undefined in its mean). Every
 non-reference cell carries the p-value of a paired permutation test (10,000 permutations, absolute mean
 difference) against the reference loss on the cases with finite values in both; ``*`` marks p < alpha.
 
@@ -31,10 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data import atomic_output
 from common.errors import EXIT_USER_ERROR, UserError, ensure_absent, install_error_hook
-from common.evaluation import STATUS_ABSENT, STATUS_PRESENT, StructureResult, read_results_csv, write_rows_csv
-from common.statistics import paired_permutation_test
+from common.evaluation.metrics import STATUS_ABSENT, STATUS_PRESENT, StructureResult
+from common.evaluation.statistics import paired_permutation_test
+from common.evaluation.tables import read_results_csv, write_rows_csv
+from common.files import atomic_output
 
 METRIC_TITLES = {"dice": "Dice", "hd": "HD (mm)", "hd95": "HD95 (mm)"}
 

@@ -14,8 +14,8 @@ the script writes, in the study folder:
 - ``final_dice_ecdf.png``: its empirical CDF per bundle (Figure 5),
 - ``validation_dice_curves.png``: validation mean Dice per epoch of every run,
 - with ``--diagnostic``: ``instability_curves.png``, the per-epoch fraction of voxels with more than one negative
-  RW-gradient component (``common.diagnostics.InstabilityDiagnosticHandler`` added to the trainer; for bundles
-  whose training target holds a dense RW map).
+  RW-gradient component (``common.evaluation.diagnostics.InstabilityDiagnosticHandler`` added to the trainer; for
+  bundles whose training target holds a dense RW map).
 
 ``--override KEY=VALUE`` passes a bundle setting to every run (``--override num_workers=0``). Values that start
 with ``$`` are Python expressions that MONAI evaluates when the run starts, so they are refused unless
@@ -38,17 +38,17 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.data import atomic_output
-from common.engines import ensure_absent
-from common.evaluation import write_rows_csv
-from common.plots import plot_curves, plot_ecdf
+from common.errors import ensure_absent
+from common.evaluation.plots import plot_curves, plot_ecdf
+from common.evaluation.tables import write_rows_csv
+from common.files import atomic_output
 
 METRICS_FILE = Path("eval") / "validation_metrics.csv"
 DIAGNOSTIC_FILE = Path("eval") / "instability.csv"
 DIAGNOSTIC_CONFIG = """\
 # appended to the trainer's handlers by scripts/convergence_study.py --diagnostic
 "+train#handlers":
-  - _target_: common.diagnostics.InstabilityDiagnosticHandler
+  - _target_: common.evaluation.diagnostics.InstabilityDiagnosticHandler
     filename: "$@output_dir + '/instability.csv'"
     map_channels_from: "$1 if @target_key == 'target' else 0"  # a target of label + map, or the map alone
     overwrite: "@overwrite"

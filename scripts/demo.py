@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from common.synthetic import write_acdc_dataset
+from common.data.synthetic_acdc import write_acdc_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = REPO_ROOT / "bundles" / "acdc17_rrw"

@@ -37,21 +37,19 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data import load_volume, read_datalist_field
+from common.data.datalists import read_datalist_field
+from common.data.nifti import load_volume
 from common.errors import EXIT_FAILURE, EXIT_USER_ERROR, UserError, ensure_absent, install_error_hook
-from common.evaluation import (
+from common.evaluation.metrics import (
     StructureResult,
     brats_regions,
     class_structures,
     evaluate_case,
-    format_summary,
     spacing_from_affine,
-    summarize,
-    write_results_csv,
-    write_summary_csv,
 )
-from common.inference import NIFTI_SUFFIXES, discover_images
-from common.plots import plot_segmentation_overlay
+from common.evaluation.plots import plot_segmentation_overlay
+from common.evaluation.tables import format_summary, summarize, write_results_csv, write_summary_csv
+from common.inference.folders import NIFTI_SUFFIXES, discover_images
 
 
 def nifti_stem(path: Path) -> tuple[str, str]:

@@ -15,7 +15,7 @@ top-level folder named like the bundle, in the model-zoo layout:
   ``python -m scripts.prepare_NAME``;
 - ``docs/README.md`` with the commands rewritten for the bundle's own files and how to install its requirements,
   ``docs/data_license.txt``, ``LICENSE``;
-- ``models/model.pt``: the network weights with their network settings (``common.checkpoint``). By default the
+- ``models/model.pt``: the network weights with their network settings (``common.networks.weights``). By default the
   weights stay OUTSIDE the zip (the zoo allows no file over 25 MB): they are written next to it as
   ``NAME_vVERSION_model.pt`` to be uploaded to ``--url``, and ``large_files.yml`` lists their path, url and
   SHA-256 hash, from which the zoo's tools download them. ``--inline-weights`` puts them into the zip instead.
@@ -64,14 +64,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as `python scripts/export_bundle.py` from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
-from common.checkpoint import (  # noqa: E402
+from common.files import atomic_output  # noqa: E402
+from common.networks.weights import (  # noqa: E402
     NETWORK_SETTINGS_KEY,
     check_network_settings,
     load_network_weights,
     network_settings_of,
     read_network_state,
 )
-from common.data import atomic_output  # noqa: E402
 
 PACKAGE = "common"
 VENDOR_PACKAGE = "scripts"
@@ -497,7 +497,7 @@ def export_bundle(
 
 
 def with_network_settings(state: Mapping[str, torch.Tensor], settings: Mapping[str, Any]) -> OrderedDict:
-    """A copy of ``state`` carrying ``settings`` as its network settings (see ``common.checkpoint``)."""
+    """A copy of ``state`` carrying ``settings`` as its network settings (see ``common.networks.weights``)."""
     copy = OrderedDict(state)
     copy._metadata = OrderedDict(getattr(state, "_metadata", {}))  # type: ignore[attr-defined]
     copy._metadata[NETWORK_SETTINGS_KEY] = dict(settings)  # type: ignore[attr-defined]

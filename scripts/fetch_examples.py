@@ -32,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as `python scripts/fetch_examples.py` from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
-from common.example_data import main  # noqa: E402
+from common.data.example_data import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(description=__doc__))

@@ -12,7 +12,8 @@ specific to the bundle. Each piece has sections ``shared`` (merged into train.ya
 anything else, and a component with another ``_target_``, is replaced). A key written ``+name`` is MONAI's merge
 marker (``monai.bundle.utils.MERGE_KEY``): its list is appended to ``name``'s, its mapping updates ``name``'s. When
 nothing in the file being generated holds ``name`` yet, a top-level ``+name`` of ``evaluate.yaml`` or
-``multi_gpu_train.yaml`` is written as it is, so that MONAI merges it into ``train.yaml`` at run time.
+``multi_gpu_train.yaml`` is written as it is, so that MONAI merges it into ``train.yaml`` at run time. A key written
+``~name`` (any value) removes ``name``: a pairing drops a setting of its parent that nothing reads any more.
 
 The ``#`` comments of the templates and specs travel with the keys they describe (the comment lines right above a
 key and the comment at the end of its line; a later piece's comment on a key replaces an earlier one), and the
@@ -63,7 +64,7 @@ SPEC_NAME = "bundle.yaml"
 TABLE_START, TABLE_END = "<!-- bundles:start -->", "<!-- bundles:end -->"
 SECTIONS = ("shared", "train", "evaluate", "inference", "multi_gpu", "metadata", "docs")
 LINE_WIDTH = 120
-MERGE_KEY, ID_SEP_KEY = "+", "::"  # monai.bundle.utils' (not imported: importing monai takes seconds)
+MERGE_KEY, ID_SEP_KEY, DELETE_KEY = "+", "::", "~"  # monai.bundle.utils' (not imported: importing monai takes seconds)
 INDENT = 2  # mapping indent; sequence dashes are indented by the same amount under their key
 CONFIG_FILES = {  # generated file -> (sections merged into it, whether MONAI merges it onto train.yaml, usage lines)
     "configs/train.yaml": (
@@ -319,6 +320,7 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any], source: str) -> Not
 
     ``+name`` appends its list to ``name``'s list or updates ``name``'s mapping with its keys (as
     ``monai.bundle.utils.merge_kv``); when ``base`` has neither ``name`` nor ``+name``, ``+name`` is kept as it is.
+    ``~name`` removes ``name`` (a key nothing reads once the update is merged).
     A mapping with another ``_target_`` than the one it meets is a different component and replaces it whole.
     A key keeps its note unless ``update`` gives one, or replaces its value by one of another kind (a number by a
     ``$`` expression, a list by a mapping, ...), which takes ``update``'s note, if any.
@@ -329,6 +331,9 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any], source: str) -> Not
     merged = copy.deepcopy(_as_mapping(base))
     update = _as_mapping(update)
     for key, value in update.items():
+        if isinstance(key, str) and key.startswith(DELETE_KEY):  # ~name: drop name
+            merged.pop(key[len(DELETE_KEY) :], None)
+            continue
         note = update.notes.get(key, Note())
         name = key[len(MERGE_KEY) :] if isinstance(key, str) and key.startswith(MERGE_KEY) else None
         target = next((candidate for candidate in (name, key) if name and candidate in merged), None)

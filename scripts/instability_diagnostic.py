@@ -2,11 +2,11 @@
 
 For every label file, RW maps (RRW and RW-Boundary by default) are computed on the 3D label with the file's
 spacing, and the number of negative components of the RW-loss gradient dL/dlogits is counted at every voxel
-(``common.diagnostics``). The logits are those of a network at initialisation by default (``--logits uniform``:
-equal probabilities; ``random``: standard normal logits), or read from ``--prediction`` (a 4D NIfTI with the
-classes along the last axis, logits or, with ``--probabilities``, softmax outputs). Prints the fraction of voxels
-with more than one negative component per map and writes ``<output-dir>/<case>_instability.png`` with one
-panel per map over a slice (``<case>`` is the label's path below the labels' common folder, without
+(``common.evaluation.diagnostics``). The logits are those of a network at initialisation by default
+(``--logits uniform``: equal probabilities; ``random``: standard normal logits), or read from ``--prediction``
+(a 4D NIfTI with the classes along the last axis, logits or, with ``--probabilities``, softmax outputs). Prints the
+fraction of voxels with more than one negative component per map and writes ``<output-dir>/<case>_instability.png``
+with one panel per map over a slice (``<case>`` is the label's path below the labels' common folder, without
 the suffix, so equally named labels of two folders get two figures). Failed cases are reported at the end (exit
 status 1).
 
@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.data import load_volume
-from common.diagnostics import multi_negative_fraction, negative_component_count
+from common.data.nifti import load_volume
 from common.errors import install_error_hook
-from common.evaluation import case_ids, spacing_from_affine
+from common.evaluation.case_metrics import case_ids
+from common.evaluation.diagnostics import multi_negative_fraction, negative_component_count
+from common.evaluation.metrics import spacing_from_affine
+from common.evaluation.plots import plot_diagnostic_overlay
 from common.maps import active_contour_map, boundary_map, rrw_map
-from common.plots import plot_diagnostic_overlay
 
 MAPS = {
     "rrw": ("RRW", lambda label, n, spacing: rrw_map(label, n, spacing)),

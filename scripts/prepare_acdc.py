@@ -12,7 +12,7 @@ never merge. Split (``--split``):
 - ``authors`` (default): as Valverde & Tohka's ``datasplits/acdc17.py``: patients 2, 4, .., 100 train, patients
   1, 3, .., 99 validate (the scored half); patients above 100 are left out with a note.
 - ``random``: seeded, ``--validation-fraction`` of the subjects stratified by pathology group (0: train-only).
-- ``explog`` / ``sadice``: the other papers' protocols (see ``common.splits``).
+- ``explog`` / ``sadice``: the other papers' protocols (see ``common.data.splits``).
 
 Paths in the datalist are relative to ACDC_DIR. Bad subjects are listed at the end and make the exit status 1; the
 good ones are still written. Subjects without labels (the 2017 test set) are skipped.
@@ -27,9 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common.data import collect_acdc_cases, make_datalist, write_json_atomic
-from common.splits import Split, add_split_arguments, make_split, parity_split
-from common.synthetic import ACDC_LABELS
+from common.data.acdc import collect_acdc_cases
+from common.data.datalists import make_datalist
+from common.data.splits import Split, add_split_arguments, make_split, parity_split
+from common.data.synthetic_acdc import ACDC_LABELS
+from common.files import write_json_atomic
 
 ACDC_AUTHORS_PATIENTS = range(1, 101)  # the 2017 training set; the authors split it even/odd
 

@@ -8,7 +8,7 @@ BRATS_DIR holds HGG/ and LGG/ (MICCAI_BraTS_2018_Data_Training, or Brats17Traini
 folder's four modalities and ``_seg`` label are checked (readable 3D NIfTI on one grid, labels in 0/1/2/4) and
 the subjects are split: by default as Valverde & Tohka's ``datasplits/brats18.py`` (HGG only, sorted by name,
 even positions train, odd validate; LGG subjects are left out with a note), or ``--split random`` (seeded, stratified
-by grade), ``explog`` or ``sadice`` (see ``common.splits``). Each entry's image is the list of modality paths
+by grade), ``explog`` or ``sadice`` (see ``common.data.splits``). Each entry's image is the list of modality paths
 in the order t1, t1ce, t2, flair, relative to BRATS_DIR. Labels stay 0/1/2/4 on disk; the datalist records the
 mapping to training indices 0..3 (4 -> 3) and its inverse for writing predictions back. Bad subjects are listed
 at the end and make the exit status 1; the good ones are still written.
@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import sys
 
-from common.releases import BRATS, prepare_release_cli
+from common.data.preparation import prepare_release_cli
+from common.data.releases import BRATS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ Usage:
 KITS_DIR is the kits19 ``data`` folder holding ``case_XXXXX/imaging.nii.gz`` and ``segmentation.nii.gz``
 (0 background, 1 kidney, 2 tumour); each case is one subject. Cases without a segmentation (the test set) are
 skipped with a note. Split: by default as Valverde & Tohka's ``datasplits/kits19.py`` (cases 0, 2, .., 208 train,
-1, 3, .., 209 validate), or ``--split random`` (seeded), ``explog`` or ``sadice`` (see ``common.splits``).
+1, 3, .., 209 validate), or ``--split random`` (seeded), ``explog`` or ``sadice`` (see ``common.data.splits``).
 Bad cases are listed at the end and make the exit status 1; the good ones are still written.
 """
 
@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import sys
 
-from common.releases import KITS19, prepare_release_cli
+from common.data.preparation import prepare_release_cli
+from common.data.releases import KITS19
 
 
 def main(argv: list[str] | None = None) -> int:

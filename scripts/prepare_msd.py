@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import sys
 
-from common.releases import MSD, prepare_release_cli
+from common.data.preparation import prepare_release_cli
+from common.data.releases import MSD
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from common.data import collect_acdc_cases, make_datalist, write_json_atomic
-from common.splits import random_split
-from common.synthetic import write_acdc_dataset
+from common.data.acdc import collect_acdc_cases
+from common.data.datalists import make_datalist
+from common.data.splits import random_split
+from common.data.synthetic_acdc import write_acdc_dataset
+from common.files import write_json_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_FILE = REPO_ROOT / "tests" / "data" / "model_zoo" / "meta_schema_20240725.json"  # source: its README.md

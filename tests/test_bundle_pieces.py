@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from common.data import load_datalist
-from common.engines import GradientClipping
+from common.data.datalists import load_datalist
+from common.training.clipping import GradientClipping
 
 
 def test_gradient_clipping_limits_the_l2_norm_before_the_step():

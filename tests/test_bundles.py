@@ -22,11 +22,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 from monai.bundle import ConfigParser, run, verify_metadata, verify_net_in_out
-from monai.losses import DiceLoss, FocalLoss
 
-from common.fake_releases import write_fake_brats, write_fake_kits19, write_fake_msd
-from common.losses import ExpLogLoss, MultiResolutionLoss, RegionWiseLoss, RWCombinedLoss, RWWeightedCrossEntropyLoss
-from common.synthetic import write_acdc_dataset
+from common.data.synthetic_acdc import write_acdc_dataset
+from common.data.synthetic_releases import write_fake_brats, write_fake_kits19, write_fake_msd
+from common.losses import NNUNetDeepSupervisionLoss
 
 pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning")
 
@@ -38,8 +37,6 @@ TINY_WONG = {"patch_size": [32, 32, 32], "channels": [2, 4, 4, 8, 8], "convs_per
 TINY_SA_UNET = {"patch_size": [16, 16, 16], "filters": [4, 8, 8, 8]}
 BRAIN_LABELS = ("background", "thalamus", "caudate", "hippocampus")
 RW_TRAINING = {"samples_per_volume": 2, "iterations_per_epoch": 2}  # nnU-Net epochs are 250 iterations
-RW_LOSSES = {"rrw": RegionWiseLoss, "boundary": RWCombinedLoss, "dice": DiceLoss, "focal": FocalLoss}
-RW_LOSSES["rrw_ce"] = RWWeightedCrossEntropyLoss
 
 
 @dataclass(frozen=True)
@@ -69,27 +66,25 @@ CASES = {
 }
 
 
-# every RW-paper bundle -> the method its train config selects (the loss of its dataset/loss pairing); the
-# brain_explog*, brats17_* and aorta_* bundles name their loss explicitly: tests/test_bundles_3d.py
-METHODS = {
-    **{
-        f"{data}_{suffix}": method
-        for data in ("acdc17", "brats18", "kits19")
-        for suffix, method in (
-            ("rrw", "rrw"),
-            ("boundary", "boundary"),
-            ("dice", "dice"),
-            ("focal", "focal"),
-            ("rrw_ce", "rrw_ce"),
-        )
-    },
-    **{
-        f"msd_{suffix}": method
-        for suffix, method in (("rrw", "rrw"), ("boundary", "boundary"), ("dice", "dice"), ("focal", "focal"))
-    },
-    "msd_rrw_ce": "rrw_ce",
-}
 ALL_BUNDLES = sorted(path.parent.name for path in BUNDLES_DIR.glob("*/bundle.yaml"))
+FAMILIES = ("rw_slices2d", "exp_log3d", "sa_dice3d")  # templates/families/*.yaml
+
+
+def composed(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The bundle's merged ``train`` section and resolved spec, as the generator composes them."""
+    sections, spec, _ = GENERATOR["compose"](BUNDLES_DIR / name / "bundle.yaml")
+    return GENERATOR["_plain"](sections["train"]), GENERATOR["_plain"](spec)
+
+
+def family(name: str) -> str:
+    """The family piece of the bundle's spec (``families/<family>.yaml``)."""
+    [found] = [Path(piece).stem for piece in composed(name)[1]["pieces"] if piece.startswith("families/")]
+    return found
+
+
+# the RW paper's bundles, derived from the specs: a new dataset/loss pairing is tested without editing this file
+# (the exp-log and SA Dice bundles: tests/test_bundles_3d.py)
+RW_BUNDLES = [name for name in ALL_BUNDLES if family(name) == "rw_slices2d"]
 
 
 def root_bundle(name: str) -> str:
@@ -118,7 +113,7 @@ RELEASE_WRITERS: dict[str, Callable[[Path], Path]] = {
 
 
 def test_every_bundle_has_a_test_case():
-    assert sorted(METHODS) == [name for name in ALL_BUNDLES if not name.startswith(("brain_", "brats17_", "aorta_"))]
+    assert {family(name) for name in ALL_BUNDLES} <= set(FAMILIES)
     assert sorted(CASES) == sorted({root_bundle(name) for name in ALL_BUNDLES})
 
 
@@ -149,33 +144,23 @@ def test_metadata_is_valid_and_matches_the_network(name, schema_file):
     )
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", RW_BUNDLES)
 def test_train_config_builds_the_loss_of_its_pairing(name):
+    """The loss the spec names, inside nnU-Net's deep supervision; the target holds the RW map when one is computed.
+
+    The details of the RW paper's protocol: tests/test_rw_protocol.py.
+    """
     parser = ConfigParser()
-    train_config = BUNDLES_DIR / name / "configs" / "train.yaml"
-    parser.read_config(str(train_config))
-    parser.update({**CASES[root_bundle(name)].network, "num_classes": 3, "in_channels": 1, "label_weights": None})
-    method = METHODS[name]
-    target_key = parser.get_parsed_content("target_key")
+    parser.read_config(str(BUNDLES_DIR / name / "configs" / "train.yaml"))
+    parser.update({**CASES[root_bundle(name)].network, "num_classes": 3, "in_channels": 1})
+    train, _ = composed(name)
     loss = parser.get_parsed_content("loss")
-    if method in RW_LOSSES:  # the details of the RW paper's protocol: tests/test_rw_protocol.py
-        assert type(loss.loss) is RW_LOSSES[method]
-        label_keys = parser.get_parsed_content("label_keys")
-        expected_keys = ["label"] if method in ("dice", "focal") else ["label", "rw_map"]
-        assert target_key == "target" and label_keys == expected_keys
-    elif method == "exp_log":
-        assert isinstance(loss, MultiResolutionLoss) and isinstance(loss.loss, ExpLogLoss)
-        assert (loss.loss.w_dice, loss.loss.w_cross, loss.loss.gamma, target_key) == (0.8, 0.2, 0.3, "label")
-    else:
-        assert isinstance(loss, MultiResolutionLoss) and target_key == "label"
-        alpha = [1.0, 0.0, 0.0] if method == "sa_dice" else [1.0, 0.1, 0.01]
-        assert loss.alpha.detach().tolist() == pytest.approx(alpha)
-        trainable = method == "sa_dice_wmla_trainable"
-        assert bool(list(loss.parameters())) == trainable
-        if trainable:  # the learnt alpha reaches the optimiser
-            optimizer = parser.get_parsed_content("optimizer")
-            optimised = {id(parameter) for group in optimizer.param_groups for parameter in group["params"]}
-            assert id(loss.theta) in optimised
+    assert isinstance(loss, NNUNetDeepSupervisionLoss)
+    assert type(loss.loss).__name__ == train["loss"]["loss"]["_target_"].rsplit(".", 1)[-1]
+    computes_map = train["train"]["rw_map"] is not None
+    expected_keys = ["label", "rw_map"] if computes_map else ["label"]
+    assert parser.get_parsed_content("target_key") == "target"
+    assert parser.get_parsed_content("label_keys") == expected_keys
 
 
 @pytest.mark.parametrize("name", ALL_BUNDLES)

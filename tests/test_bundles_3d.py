@@ -11,6 +11,7 @@ end-to-end runs (train, evaluate, segment) of the root bundles are in tests/test
 from __future__ import annotations
 
 import json
+import runpy
 from pathlib import Path
 from typing import Any
 
@@ -35,37 +36,41 @@ TINY = {
     "VNet": {},
 }
 
-# bundle -> (loss of one output, its arguments); a tuple of WMLA weights when wrapped in MultiResolutionLoss
-EXP_LOG = {"w_dice": 0.8, "w_cross": 0.2, "gamma": 0.3, "eps": 1.0, "dice_form": "log"}
+GENERATOR = runpy.run_path(str(BUNDLES_DIR.parent / "scripts" / "generate_bundles.py"))
+LOSSES = {loss.__name__: loss for loss in (ExpLogLoss, SADiceLoss, SADiceCELoss, DiceLoss)}
+EXP_LOG_ARGUMENTS = ("w_dice", "w_cross", "gamma", "eps", "dice_form")
+
+
+def composed(name: str) -> tuple[dict[str, Any], list[str]]:
+    """The bundle's merged ``train`` section and its families (``templates/families/<family>.yaml``)."""
+    sections, spec, _ = GENERATOR["compose"](BUNDLES_DIR / name / "bundle.yaml")
+    families = [Path(piece).stem for piece in spec["pieces"] if piece.startswith("families/")]
+    return GENERATOR["_plain"](sections["train"]), families
+
+
+def loss_class(component: dict[str, Any]) -> type:
+    return LOSSES[component["_target_"].rsplit(".", 1)[-1]]
+
+
+# what each bundle's train config must build, derived from its spec (bundles/<name>/bundle.yaml, merged with its
+# pieces by the generator): a new dataset/loss pairing is tested without editing this file
+SPECS = {path.parent.name: composed(path.parent.name) for path in sorted(BUNDLES_DIR.glob("*/bundle.yaml"))}
+# bundle -> (loss, the arguments the spec gives it)
 EXP_LOG_BUNDLES: dict[str, tuple[type, dict[str, Any]]] = {
-    "brain_explog": (ExpLogLoss, EXP_LOG),
-    "brain_explog_vnet": (ExpLogLoss, EXP_LOG),
-    "brain_explog_gamma1": (ExpLogLoss, {**EXP_LOG, "gamma": 1.0}),
-    "brain_explog_gamma2": (ExpLogLoss, {**EXP_LOG, "gamma": 2.0}),
-    "brain_explog_logdice": (ExpLogLoss, {**EXP_LOG, "w_dice": 1.0, "w_cross": 0.0, "gamma": 1.0}),
-    "brain_explog_wce": (ExpLogLoss, {**EXP_LOG, "w_dice": 0.0, "w_cross": 1.0, "gamma": 1.0}),
-    "brain_explog_lineardice": (DiceLoss, {"include_background": True, "batch": False}),
+    name: (loss_class(train["loss"]), {key: train["loss"][key] for key in EXP_LOG_ARGUMENTS if key in train["loss"]})
+    for name, (train, families) in SPECS.items()
+    if families == ["exp_log3d"]
 }
 # bundle -> (loss of each output, include_background, WMLA alpha or None for one output, trainable alpha)
 SA_DICE_BUNDLES: dict[str, tuple[type, bool, tuple[float, ...] | None, bool]] = {
-    **{
-        f"aorta_sadice{suffix}": (SADiceLoss, False, alpha, trainable)
-        for suffix, alpha, trainable in (
-            ("", (1.0, 0.1, 0.01), False),
-            ("_only", None, False),
-            ("_equal", (1.0, 1.0, 1.0), False),
-            ("_trainable", (1.0, 0.1, 0.01), True),
-        )
-    },
-    **{
-        f"brats17_sadice{suffix}": (SADiceCELoss, True, alpha, trainable)
-        for suffix, alpha, trainable in (
-            ("", (1.0, 0.1, 0.01), False),
-            ("_only", None, False),
-            ("_equal", (1.0, 1.0, 1.0), False),
-            ("_trainable", (1.0, 0.1, 0.01), True),
-        )
-    },
+    name: (
+        loss_class(train["output_loss"]),
+        train["output_loss"]["include_background"],
+        None if train["loss"] == "@output_loss" else tuple(train["wmla_alpha"]),
+        train["loss"] != "@output_loss" and train["loss"]["trainable"],
+    )
+    for name, (train, families) in SPECS.items()
+    if families == ["sa_dice3d"]
 }
 OWN_BUNDLES = sorted(name for name in (*EXP_LOG_BUNDLES, *SA_DICE_BUNDLES))
 
@@ -80,8 +85,8 @@ def parse(name: str, config: str = "train", **overrides: Any) -> ConfigParser:
 
 
 def test_every_bundle_of_the_two_papers_is_tested():
-    on_disk = sorted(path.parent.name for path in BUNDLES_DIR.glob("*/bundle.yaml"))
-    assert OWN_BUNDLES == [name for name in on_disk if name.startswith(("brain_", "brats17_", "aorta_"))]
+    assert OWN_BUNDLES == sorted(name for name, (_, families) in SPECS.items() if families != ["rw_slices2d"])
+    assert {"brain_explog_gamma1", "brats17_sadice_trainable", "aorta_sadice_only"} <= set(OWN_BUNDLES)
 
 
 def _no_rw_map(parser: ConfigParser) -> None:
@@ -94,7 +99,7 @@ def _no_rw_map(parser: ConfigParser) -> None:
 def test_exp_log_bundle_builds_its_loss_and_the_papers_training(name):
     expected_class, expected = EXP_LOG_BUNDLES[name]
     parser = parse(name, num_classes=3, in_channels=1)
-    computes_weights = parser["label_weights"] is not None  # read from the training labels when the loss needs them
+    computes_weights = parser.get("label_weights") is not None  # read from the training labels when the loss needs them
     parser.update({"label_weights": [1.0, 2.0, 3.0]} if computes_weights else {})
     loss = parser.get_parsed_content("loss")
     assert type(loss) is expected_class and loss.to_onehot_y

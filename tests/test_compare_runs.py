@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.evaluation import STATUS_ABSENT, STATUS_MISSED, STATUS_PRESENT, StructureResult, write_results_csv
-from common.statistics import paired_permutation_test
+from common.evaluation.metrics import STATUS_ABSENT, STATUS_MISSED, STATUS_PRESENT, StructureResult
+from common.evaluation.statistics import paired_permutation_test
+from common.evaluation.tables import write_results_csv
 
 compare_runs_main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "compare_runs.py"))["main"]
 

@@ -16,12 +16,13 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapLabelValued
 
-from common.data import atomic_output, load_datalist, read_datalist_field, write_json_atomic
-from common.fake_releases import write_fake_msd
-from common.geometry import AddSliceAxisd, SliceSpacingd, SliceStepd, volume_geometry
-from common.splits import holdout_folds, parity_split, position_parity_split, random_split
-from common.synthetic import save_nifti
-from common.validation import ValidateSegmentationd, validate_datalist
+from common.data.datalists import load_datalist, read_datalist_field
+from common.data.geometry import AddSliceAxisd, SliceSpacingd, SliceStepd, volume_geometry
+from common.data.nifti import save_nifti
+from common.data.splits import holdout_folds, parity_split, position_parity_split, random_split
+from common.data.synthetic_releases import write_fake_msd
+from common.data.validation import ValidateSegmentationd, validate_datalist
+from common.files import atomic_output, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 PREPARE_MSD = runpy.run_path(str(REPO / "scripts" / "prepare_msd.py"))["main"]

@@ -10,16 +10,16 @@ import pytest
 import torch
 from monai.engines import SupervisedTrainer
 
-from common.diagnostics import (
+from common.evaluation.diagnostics import (
     InstabilityDiagnosticHandler,
     multi_negative_counts,
     multi_negative_fraction,
     negative_component_count,
     rw_logit_gradient,
 )
-from common.engines import PrepareBatchKeys
 from common.losses import NNUNetDeepSupervisionLoss, RegionWiseLoss
 from common.maps import boundary_map, rrw_map
+from common.training.batches import PrepareBatchKeys
 
 
 def four_class_label() -> np.ndarray:

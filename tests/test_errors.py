@@ -30,7 +30,7 @@ BUNDLE = REPO_ROOT / "bundles" / "acdc17_rrw"
 
 def raise_from_config(expression: str, **values) -> BaseException:
     """The exception MONAI raises when a config expression fails (a RuntimeError wrapping the cause)."""
-    parser = ConfigParser({"imports": ["$from common.engines import ensure_absent"], "key": expression, **values})
+    parser = ConfigParser({"imports": ["$from common.errors import ensure_absent"], "key": expression, **values})
     with pytest.raises(RuntimeError) as error_info:
         parser.get_parsed_content("key")
     return error_info.value

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from common.errors import EXIT_FAILURE, EXIT_USER_ERROR
-from common.evaluation import read_results_csv
+from common.evaluation.tables import read_results_csv
 
 evaluate_folder_main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "evaluate_folder.py"))[
     "main"

@@ -16,23 +16,20 @@ from monai.metrics import DiceMetric, compute_hausdorff_distance
 from monai.networks.utils import one_hot
 from scipy import ndimage
 
-from common.evaluation import (
+from common.evaluation.case_metrics import CaseMetricsWriter, case_ids
+from common.evaluation.metrics import (
     STATUS_ABSENT,
     STATUS_FALSE_POSITIVE,
     STATUS_MISSED,
     STATUS_PRESENT,
-    CaseMetricsWriter,
     StructureResult,
     brats_regions,
-    case_ids,
     class_structures,
     evaluate_case,
     hausdorff_from_masks,
-    read_results_csv,
     spacing_from_affine,
-    summarize,
-    write_results_csv,
 )
+from common.evaluation.tables import read_results_csv, summarize, write_results_csv
 
 
 def random_label_map(shape: tuple[int, ...], num_classes: int, seed: int) -> np.ndarray:

@@ -17,8 +17,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from common import example_data
-from common.example_conversion import ExampleDataError, label_grid_to, read_nrrd
+from common import files
+from common.data import example_data
+from common.data.example_conversion import ExampleDataError, label_grid_to, read_nrrd
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
@@ -210,7 +211,7 @@ def test_offline_run_exits_2_with_one_line_naming_the_source(tmp_path, monkeypat
         return subprocess.CompletedProcess(command, 1, "", pip_offline)
 
     monkeypatch.setattr(example_data.subprocess, "run", offline_run)
-    assert fetch_examples.main.__module__ == "common.example_data"
+    assert fetch_examples.main.__module__ == "common.data.example_data"
     assert example_data.main([str(tmp_path), "--only", "lesion_pyradiomics,lesion2d_pyradiomics"]) == 2
     captured = capsys.readouterr()
     last_line = captured.err.strip().splitlines()[-1]
@@ -258,14 +259,14 @@ def test_pyradiomics_download_falls_back_to_a_helper_venv(tmp_path, monkeypatch)
 
 def test_atomic_write_keeps_the_old_file_when_the_move_fails(tmp_path, monkeypatch):
     target = tmp_path / "dataset.json"
-    example_data.write_bytes_atomic(target, b"old")
+    files.write_bytes_atomic(b"old", target)
 
     def failing_replace(source, destination):
         raise OSError("disk full")
 
-    monkeypatch.setattr(example_data.os, "replace", failing_replace)
+    monkeypatch.setattr(files.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
-        example_data.write_bytes_atomic(target, b"new")
+        files.write_bytes_atomic(b"new", target)
     assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["dataset.json"]
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from common.checkpoint import read_network_settings, save_network_weights
+from common.networks.weights import read_network_settings, save_network_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INFERENCE = REPO_ROOT / "bundles" / "msd_rrw" / "configs" / "inference.yaml"

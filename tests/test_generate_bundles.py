@@ -248,3 +248,8 @@ def test_comment_marks_inside_quoted_values_stay_values():
     text = GENERATOR["dump_yaml"](config)
     assert "key: 'x # y'  # a comment" in text and "ok: 1  # one" in text
     assert yaml.safe_load(text) == {"ok": 1, "key": "x # y"}
+
+
+def test_a_tilde_key_removes_a_setting_nothing_reads_any_more():
+    merged = GENERATOR["deep_merge"]({"kept": 1, "dropped": [1.0], "nested": {"a": 1}}, {"~dropped": None}, "spec")
+    assert GENERATOR["_plain"](merged) == {"kept": 1, "nested": {"a": 1}}

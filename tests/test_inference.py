@@ -29,19 +29,14 @@ from monai.transforms import (
     Spacingd,
 )
 
-from common import folder_io
-from common.checkpoint import save_network_weights
-from common.folder_io import (
-    FolderPlan,
-    check_output_postfix,
-    is_own_segmentation,
-    load_nifti,
-    mirrored_output_path,
-    write_segmentation,
-)
-from common.inference import AsVolumed, CheckFiniteIntensityd, CheckInputFiled, FolderEvaluator
-from common.inversion import InvertedArgmaxd, SlabLabelInferer
-from common.synthetic import save_nifti
+from common.data.nifti import load_nifti, save_nifti
+from common.inference import segmentations
+from common.inference.folders import FolderPlan, check_output_postfix, mirrored_output_path
+from common.inference.inputs import AsVolumed, CheckFiniteIntensityd, CheckInputFiled
+from common.inference.inversion import InvertedArgmaxd, SlabLabelInferer
+from common.inference.segmentations import is_own_segmentation, write_segmentation
+from common.inference.workflow import FolderEvaluator
+from common.networks.weights import save_network_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = REPO_ROOT / "bundles"
@@ -167,14 +162,14 @@ def test_bad_files_are_listed_with_their_reason_and_the_run_exits_1(bundle_root,
     os.mkfifo(inputs / "pipe.nii")
     (inputs / "linked_folder").symlink_to(tmp_path, target_is_directory=True)
 
-    original_fsync = folder_io.os.fsync
+    original_fsync = segmentations.os.fsync
 
     def fsync_on_a_full_disk(descriptor: int) -> None:  # the temporary file of full_disk's output cannot be stored
         if Path(os.readlink(f"/proc/self/fd/{descriptor}")).name.startswith(".full_disk"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         original_fsync(descriptor)
 
-    monkeypatch.setattr(folder_io.os, "fsync", fsync_on_a_full_disk)
+    monkeypatch.setattr(segmentations.os, "fsync", fsync_on_a_full_disk)
     assert segment(bundle_root, inputs, outputs) == 1
     summary = capsys.readouterr().out
     assert "segmented 1 file(s), kept 0 existing output(s), 11 failure(s)" in summary

@@ -13,9 +13,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, run
 
-from common.checkpoint import load_network_weights, read_network_settings, save_network_weights
-from common.evaluation import read_results_csv
-from common.fake_releases import write_fake_msd
+from common.data.synthetic_releases import write_fake_msd
+from common.evaluation.tables import read_results_csv
+from common.networks.weights import load_network_weights, read_network_settings, save_network_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning")
 

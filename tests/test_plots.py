@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from common.plots import plot_curves, plot_diagnostic_overlay, plot_ecdf, plot_segmentation_overlay
+from common.evaluation.plots import plot_curves, plot_diagnostic_overlay, plot_ecdf, plot_segmentation_overlay
 
 
 def is_png(path) -> bool:

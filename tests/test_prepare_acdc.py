@@ -10,9 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from common.data import collect_acdc_cases
-from common.splits import random_split
-from common.synthetic import save_nifti, write_acdc_dataset, write_acdc_subject
+from common.data.acdc import collect_acdc_cases
+from common.data.nifti import save_nifti
+from common.data.splits import random_split
+from common.data.synthetic_acdc import write_acdc_dataset, write_acdc_subject
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "prepare_acdc.py"

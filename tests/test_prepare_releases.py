@@ -12,8 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from common.fake_releases import write_fake_brats, write_fake_kits19, write_fake_msd
-from common.synthetic import save_nifti
+from common.data.nifti import save_nifti
+from common.data.synthetic_releases import write_fake_brats, write_fake_kits19, write_fake_msd
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "scripts"
 SCRIPT_NAMES = ("brats", "kits", "msd")

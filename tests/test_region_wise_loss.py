@@ -8,9 +8,9 @@ from ignite.engine import Engine
 from monai.bundle import ConfigParser
 from monai.losses import DeepSupervisionLoss, DiceLoss
 
-from common.handlers import AlphaScheduleHandler
 from common.losses import RegionWiseLoss, RWCombinedLoss, RWWeightedCrossEntropyLoss
 from common.maps import active_contour_map, boundary_map, rrw_map
+from common.training.alpha_schedule import AlphaScheduleHandler
 
 
 def label_batch(shape, num_classes, seed=0, batch=2) -> torch.Tensor:

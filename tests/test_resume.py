@@ -1,4 +1,4 @@
-"""Resumable training (common.checkpoint): a run killed mid-epoch and resumed ends like an uninterrupted one."""
+"""Resumable training (common.training.resume): a run killed mid-epoch and resumed ends like an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -14,20 +14,17 @@ from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 from monai.networks.nets import DynUNet
 
-from common.checkpoint import (
-    AtomicCheckpointSaver,
+from common.networks.weights import (
     FinalWeightsSaver,
     NetworkWeightsLoader,
-    ResumableTraining,
-    epoch_seed,
     keep_pretrained_weights,
-    load_checkpoint,
     load_network_weights,
     network_settings_of,
     read_network_settings,
     save_network_weights,
     trained_settings,
 )
+from common.training.resume import AtomicCheckpointSaver, ResumableTraining, epoch_seed, load_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning")
 

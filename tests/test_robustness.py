@@ -11,8 +11,8 @@ import pytest
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from common.synthetic import save_nifti
-from common.validation import ValidateSegmentationd, validate_datalist
+from common.data.nifti import save_nifti
+from common.data.validation import ValidateSegmentationd, validate_datalist
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN = REPO_ROOT / "bundles" / "acdc17_rrw" / "configs" / "train.yaml"

@@ -21,9 +21,7 @@ from monai.losses import DiceLoss, FocalLoss
 from monai.networks.nets import DynUNet
 from monai.transforms import Compose
 
-from common.engines import GradientClipping
-from common.evaluation import brats18_structures
-from common.handlers import AlphaScheduleHandler
+from common.evaluation.metrics import brats18_structures
 from common.losses import (
     NNUNetDeepSupervisionLoss,
     RegionWiseLoss,
@@ -32,6 +30,8 @@ from common.losses import (
     nnunet_deep_supervision_weights,
 )
 from common.networks import DeepSupervisionDynUNet
+from common.training.alpha_schedule import AlphaScheduleHandler
+from common.training.clipping import GradientClipping
 from common.transforms import RWMapd
 
 pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning")
@@ -259,7 +259,7 @@ def test_brats18_structures_put_the_paper_labels_first():
     parser.read_config(
         [str(BUNDLES_DIR / "brats18_focal" / "configs" / f"{part}.yaml") for part in ("train", "evaluate")]
     )
-    assert parser["evaluation_structures"]["_target_"] == "common.evaluation.brats18_structures"
+    assert parser["evaluation_structures"]["_target_"] == "common.evaluation.metrics.brats18_structures"
 
 
 @pytest.mark.parametrize("region", ["dice", "ce"])
@@ -275,7 +275,8 @@ def test_sec44_strategies_are_one_line_overrides_of_the_boundary_bundle(region, 
 
 def test_sec44_strategies_on_rrw_maps_as_documented():
     strategy = {"_target_": "common.losses.RWCombinedLoss", "region": "ce", "schedule": "gradual", "compact": True}
-    handlers = ["@gradient_clipping", {"_target_": "common.handlers.AlphaScheduleHandler", "loss": "@loss#loss"}]
+    alpha_schedule = {"_target_": "common.training.alpha_schedule.AlphaScheduleHandler", "loss": "@loss#loss"}
+    handlers = ["@gradient_clipping", alpha_schedule]
     parser = config("acdc17_rrw", **{"loss#loss": strategy, "train#extra_handlers": handlers})
     loss = parser.get_parsed_content("loss#loss")
     assert (type(loss), loss.region, loss.schedule) == (RWCombinedLoss, "ce", "gradual")

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from common.statistics import paired_permutation_test
+from common.evaluation.statistics import paired_permutation_test
 
 
 def exact_sign_flip_p_value(first: np.ndarray, second: np.ndarray) -> float:

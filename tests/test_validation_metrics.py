@@ -1,4 +1,4 @@
-"""Training-time validation metrics (common.engines.SegmentationMetric): MONAI's values, no warning floods, timing."""
+"""Validation metrics in training (common.training.metrics.SegmentationMetric): MONAI's values, no warning floods."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from monai.metrics import DiceMetric, compute_hausdorff_distance
 from monai.networks.utils import one_hot
 from scipy import ndimage
 
-from common.engines import EpochMetricsCSV, SegmentationMetric
 from common.errors import OptionError
+from common.training.metric_tables import EpochMetricsCSV
+from common.training.metrics import SegmentationMetric
 
 NUM_CLASSES = 4
 SPACINGS = [(1.0, 2.0, 1.5), (0.7, 0.7, 3.0)]
@@ -80,7 +81,7 @@ def test_values_and_details_match_monai_without_warnings(caplog):
     items, pairs = evaluator_items()
     expected_dice, expected_hd = monai_reference(pairs)
     assert math.isnan(expected_hd[1, 2]) and expected_dice[1, 2] == 0.0  # the case the rule is about
-    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="common.engines"):
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="common.training.metrics"):
         warnings.simplefilter("error")  # MONAI's HD warns for each class a case lacks; this metric does not
         evaluator = run_evaluator(items)
     details = evaluator.state.metric_details

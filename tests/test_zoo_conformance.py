@@ -26,7 +26,7 @@ from conftest import SCHEMA_FILE
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 from test_bundles import CASES, RELEASE_WRITERS, root_bundle
 
-from common.checkpoint import save_network_weights
+from common.networks.weights import save_network_weights
 
 pytestmark = [
     pytest.mark.slow,

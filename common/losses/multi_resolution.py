@@ -24,7 +24,7 @@ class MultiResolutionLoss(DeepSupervisionLoss):
     This subclasses MONAI's ``DeepSupervisionLoss``, whose ``forward`` (a list/tuple of outputs, main first, or a
     single tensor in eval mode) and nearest resizing of the target are exactly WMLA's; only the weights differ:
     MONAI's are a fixed list, WMLA's may be learnt, so :meth:`get_weights` returns tensors built from module
-    parameters. Unlike MONAI's ``DynUNet`` (upsampled, stacked heads, see ``common.engines``),
+    parameters. Unlike MONAI's ``DynUNet`` (upsampled, stacked heads, see ``common.networks.dyn_unet``),
     :class:`common.networks.SAUNet` returns its heads at their own resolution, as WMLA compares them with
     downsampled labels.
 

@@ -257,7 +257,7 @@ class RWCombinedLoss(_Loss):
     - ``schedule="equal"``: ``L = region + RW``.
     - ``schedule="gradual"``: ``L = alpha * region + (1 - alpha) * RW`` with ``alpha = max(1 - e * alpha_step,
       alpha_min)`` at 0-based epoch ``e`` (Kervadec's schedule: 1 down to 0.01 by 0.01 per epoch). Attach
-      :class:`common.handlers.AlphaScheduleHandler` to the trainer, or call :meth:`set_epoch`.
+      :class:`common.training.alpha_schedule.AlphaScheduleHandler` to the trainer, or call :meth:`set_epoch`.
 
     The RW map is whatever the pipeline computed: RW-Boundary (``BoundaryMapd``, dense; the Boundary loss
     baseline) or RRW (``RRWMapd``, dense or compact). The Dice term is MONAI's ``DiceLoss(to_onehot_y=True)`` on

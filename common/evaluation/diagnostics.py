@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from common.data import atomic_output
 from common.errors import ensure_absent
+from common.files import atomic_output
 
 if TYPE_CHECKING:
     from ignite.engine import Engine

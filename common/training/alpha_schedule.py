@@ -1,4 +1,4 @@
-"""Ignite handlers shared by the bundles' training configs."""
+"""The alpha schedule of the combined RW losses: an ignite handler that sets a loss's epoch-dependent weight."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""Which files a folder inference reads and writes: discovery, mirrored output paths, safe writes, the report.
+"""The files of a folder inference: inputs found, their mirrored outputs, files left out, and the report.
 
-The rules that protect a user's data live here:
+The rules that protect a user's data live here and in :mod:`common.inference.segmentations`:
 
 - every ``.nii``/``.nii.gz`` file under the input folder (any letter case) is an input, including files inside an
-  output folder nested in it, except segmentations this module wrote (marked in their NIfTI header);
+  output folder nested in it, except segmentations this project wrote (marked in their NIfTI header);
 - an output never replaces an input file, is never written through a symbolic link and never lands outside the
   output folder; an existing output is replaced only with ``overwrite``;
 - every file found and not segmented (hidden, dangling or looping symbolic link, not a regular file, unreadable,
@@ -12,21 +12,15 @@ The rules that protect a user's data live here:
 
 from __future__ import annotations
 
-import gzip
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
-import numpy as np
-
-from common.data import atomic_output, load_nifti
+from common.inference.segmentations import is_own_segmentation
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-SEGMENTATION_DESCRIPTION = b"segmentation by folder inference"  # header mark of the files this module writes
-NIFTI_INTENT_LABEL = 1002
 
 
 def is_nifti(path: str | os.PathLike) -> bool:
@@ -85,15 +79,6 @@ def mirrored_output_path(
     relative = Path(image_path).relative_to(input_dir)
     suffix = nifti_suffix(relative.name)
     return Path(output_dir) / relative.parent / f"{relative.name[: -len(suffix)]}{postfix}{suffix}"
-
-
-def is_own_segmentation(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a segmentation written by :func:`write_segmentation` (reads the header only)."""
-    try:
-        header = load_nifti(path).header
-        return bytes(header["descrip"].tobytes()).rstrip(b"\0") == SEGMENTATION_DESCRIPTION
-    except Exception:  # anything unreadable is not one of ours
-        return False
 
 
 @dataclass
@@ -260,65 +245,6 @@ class FolderPlan:
             else:
                 planned[resolved] = path
                 self.cases.append({"image": os.fspath(path), "source": os.fspath(path), "output": os.fspath(output)})
-
-
-def write_nifti_atomic(image: nib.Nifti1Image, path: str | os.PathLike, replace: bool = False) -> Path:
-    """Write ``image`` so that ``path`` holds either nothing, its earlier file or the complete new one.
-
-    The file is serialised in memory (gzip for a ``.gz`` name of any case), written to a hidden temporary file in
-    the same folder and then moved into place; the mode follows the umask like a plain ``open``. Without
-    ``replace`` the final step refuses to replace a file that appeared in the meantime.
-
-    Raises:
-        FileExistsError: ``path`` exists and ``replace`` is False.
-        OSError: the file cannot be written (full disk, permissions); no temporary file is left behind.
-    """
-    path = Path(path)
-    payload = image.to_bytes()
-    if path.name.lower().endswith(".gz"):
-        payload = gzip.compress(payload, compresslevel=1, mtime=0)  # same labels, same bytes
-    with atomic_output(path, replace=replace) as temporary, open(temporary, "wb") as stream:
-        stream.write(payload)
-        stream.flush()
-        os.fsync(stream.fileno())
-    return path
-
-
-def write_segmentation(
-    label: np.ndarray, reference_path: str | os.PathLike, path: str | os.PathLike, replace: bool = False
-) -> Path:
-    """Write a label map with the geometry (shape, affine, qform/sform, units) of the input at ``reference_path``.
-
-    Args:
-        label: integer labels on the reference grid; extra trailing axes of size 1 (a 2D input segmented as a
-            one-slice volume) are dropped.
-        reference_path: the input image the labels belong to.
-        path: destination file.
-        replace: replace an existing file.
-
-    Raises:
-        ValueError: ``label`` does not fit the reference's spatial shape.
-        OSError: the file cannot be written; the message names it.
-    """
-    reference = load_nifti(reference_path)
-    spatial_shape = tuple(reference.shape[:3])
-    if label.shape != spatial_shape and label.size == int(np.prod(spatial_shape)):
-        label = label.reshape(spatial_shape)  # only singleton axes differ: a 2D input handled as one slice
-    if tuple(label.shape) != spatial_shape:
-        raise ValueError(f"segmentation shape {label.shape} differs from the input's {spatial_shape}")
-    dtype = np.uint8 if label.max(initial=0) < 256 else np.uint16
-    header = reference.header.copy()
-    header.set_data_dtype(dtype)
-    output = nib.Nifti1Image(label.astype(dtype, copy=False), reference.affine, header)
-    output.header.set_slope_inter(1.0, 0.0)
-    output.header["descrip"] = SEGMENTATION_DESCRIPTION
-    output.header.set_intent(NIFTI_INTENT_LABEL)
-    try:
-        return write_nifti_atomic(output, path, replace=replace)
-    except FileExistsError as error:
-        raise FileExistsError(f"{path}: appeared while segmenting; not replaced (pass --overwrite True)") from error
-    except OSError as error:  # full disk, lost permissions: name the output (the summary names the input)
-        raise OSError(error.errno, f"{path}: cannot write the segmentation ({error.strerror or error})") from error
 
 
 def discover_images(input_dir: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:

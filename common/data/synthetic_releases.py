@@ -1,8 +1,8 @@
-"""Tiny fake BraTS, KiTS19 and MSD releases in the exact folder layouts that :mod:`common.releases` reads.
+"""Tiny fake BraTS, KiTS19 and MSD releases in the exact folder layouts that :mod:`common.data.releases` reads.
 
 Each volume holds one lesion drawn as concentric ellipsoids (outer label first), so every label value of the
 release is present in every case, inside a background of noise. Files are written with
-:func:`common.synthetic.save_nifti` (atomic, qform and sform set); the same seed gives the same release.
+:func:`common.data.nifti.save_nifti` (atomic, qform and sform set); the same seed gives the same release.
 
 BraTS 2017/2018 (``write_fake_brats``): ``<root>/{HGG,LGG}/<subject>/<subject>_{t1,t1ce,t2,flair,seg}.nii.gz``,
 labels 2 (oedema) around 4 (enhancing) around 1 (necrotic core), skull-stripped (zero outside the brain).
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data import write_json_atomic
-from common.releases import BRATS_GRADES, BRATS_MODALITIES, NIFTI_SUFFIX
-from common.synthetic import save_nifti
+from common.data.nifti import save_nifti
+from common.data.releases import BRATS_GRADES, BRATS_MODALITIES, NIFTI_SUFFIX
+from common.files import write_json_atomic
 
 MIN_AXIS = 8
 # tumour labels outer to inner: oedema, enhancing rim, necrotic core
@@ -213,7 +213,7 @@ def write_fake_msd(
             save_nifti(image, affine, root / "imagesTs" / file_name)
     description = {
         "name": name,
-        "description": "fake data written by common.fake_releases",
+        "description": "fake data written by common.data.synthetic_releases",
         "tensorImageSize": "4D" if len(modalities) > 1 else "3D",
         "modality": {str(index): modality for index, modality in enumerate(modalities)},
         "labels": {str(index): label for index, label in enumerate(label_names)},

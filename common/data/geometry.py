@@ -29,7 +29,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Spacingd
 
-from common.validation import source_name
+from common.data.validation import source_name
 
 __all__ = ["AddSliceAxisd", "SliceSpacingd", "SliceStepd", "VolumeGeometry", "coarsest_axis", "volume_geometry"]
 

@@ -1,12 +1,12 @@
-"""Conversion of the files inside the pinned example-data packages into labelled volumes (see common.example_data).
+"""Conversion of the files inside the pinned example-data packages into labelled volumes (see common.data.example_data).
 
-Each ``build_*`` function takes the archive members that :mod:`common.example_data` read from the verified
+Each ``build_*`` function takes the archive members that :mod:`common.data.example_data` read from the verified
 downloads (``{source name: {member path: bytes}}``, member paths without the sdist's top folder or the .deb's
 ``./``) and returns a :class:`DatasetContent`: the cases (image, label, RAS affine) and the dataset.json texts.
 Nothing here downloads or writes files.
 
 Readers: NIfTI through nibabel, the TotalSegmentator DICOM example through pydicom (installed into the cache by
-common.example_data) and pyradiomics' NRRD files through :func:`read_nrrd`, a small reader of the one NRRD flavour
+common.data.example_data) and pyradiomics' NRRD files through :func:`read_nrrd`, a small reader of the one NRRD flavour
 those files use (attached header, raw or gzip data, 3D scalar, LPS or RAS space) because pynrrd is not a project
 dependency. Grids are changed with nibabel.processing (scipy) only: linear interpolation for the CAT12 template,
 nearest neighbour for label maps, which is checked to be an exact voxel re-indexing.

@@ -1,12 +1,4 @@
-"""Folder inference as a standard MONAI inference workflow (the pieces the bundles' ``inference.yaml`` builds).
-
-``inference.yaml`` plans the folder (:class:`common.folder_io.FolderPlan`: every NIfTI file under ``dataset_dir``
-and its mirrored output under ``output_dir``), wraps the cases in a :class:`CaseDataset`, and runs a
-:class:`FolderEvaluator` (a ``SupervisedEvaluator``) whose postprocessing brings the labels back to each input's
-grid (:class:`common.inversion.InvertedArgmaxd`) and whose :class:`SegmentationWriter` handler writes them. A case
-that fails anywhere (reading, checks, network, inversion, writing) is recorded with its reason and the run goes
-on; ``FolderReport.conclude`` prints the summary and exits with status 1 when a case failed.
-"""
+"""Input checks and readers of folder inference: each file's header, dimensions, channels and finite intensities."""
 
 from __future__ import annotations
 
@@ -16,44 +8,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
 from monai.config import KeysCollection
-from monai.data import Dataset, MetaTensor, NibabelReader
+from monai.data import MetaTensor, NibabelReader
 from monai.data.utils import correct_nifti_header_if_necessary
-from monai.engines import SupervisedEvaluator
 from monai.transforms import MapTransform
 from monai.utils import ensure_tuple
 
-from common.folder_io import NIFTI_SUFFIXES, FolderReport, discover_images, load_nifti, write_segmentation
-from common.inversion import count_non_finite
-
-__all__ = [  # discover_images and NIFTI_SUFFIXES are imported from here by scripts/evaluate_folder.py
-    "NIFTI_SUFFIXES",
-    "AsVolumed",
-    "CaseDataset",
-    "CheckInputFiled",
-    "CheckFiniteIntensityd",
-    "FolderEvaluator",
-    "NiftiReader",
-    "SegmentationWriter",
-    "discover_images",
-    "failure_reason",
-]
-
-
-def failure_reason(error: BaseException, path: str | os.PathLike) -> str:
-    """One line for the summary: the innermost cause of ``error`` (MONAI wraps transform errors in RuntimeErrors).
-
-    The file name is dropped when the message starts with it (the summary line names the file already).
-    """
-    while error.__cause__ is not None and (isinstance(error, RuntimeError) or not str(error)):
-        error = error.__cause__
-    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if message.startswith(f"{os.fspath(path)}: "):
-        return message.removeprefix(f"{os.fspath(path)}: ")
-    if isinstance(error, ValueError | FileNotFoundError | FileExistsError | OSError) and message:
-        return message
-    return f"{type(error).__name__}: {message}"
+from common.data.nifti import load_nifti
+from common.inference.inversion import count_non_finite
 
 
 class CheckInputFiled(MapTransform):
@@ -192,78 +154,3 @@ class CheckFiniteIntensityd(MapTransform):
             f"intensities become non-finite after scaling, casting to float32 or normalising ({nan} NaN, {inf} "
             f"infinite; largest stored magnitude {magnitude:.3g}); rescale the image into float32 range"
         )
-
-
-class CaseDataset(Dataset):
-    """MONAI ``Dataset`` over the planned cases that turns a case's preprocessing error into a recorded failure.
-
-    An item whose transform fails becomes ``{"source", "output", "error"}`` (the error's one-line reason), so that
-    one bad file neither stops the data loader nor the run; :class:`FolderEvaluator` records it.
-    """
-
-    def _transform(self, index: int) -> Any:
-        try:
-            return super()._transform(index)
-        except Exception as error:  # any file-specific failure; the reason goes to the summary
-            case = self.data[index]
-            return {"source": case["source"], "output": case["output"], "error": failure_reason(error, case["source"])}
-
-
-class FolderEvaluator(SupervisedEvaluator):
-    """``SupervisedEvaluator`` over a :class:`CaseDataset` that records a failing case and goes on to the next.
-
-    Args:
-        report: where failures go (the folder plan's report).
-        *args, **kwargs: those of ``SupervisedEvaluator``; the data loader must use batches of one case.
-    """
-
-    def __init__(self, report: FolderReport, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.report = report
-
-    def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, Any]) -> Any:
-        sources = batchdata["source"]
-        if "error" in batchdata:
-            for source, reason in zip(sources, batchdata["error"], strict=True):
-                self.report.fail(source, reason)
-            engine.state.batch = engine.state.output = []
-            return []
-        try:
-            return super()._iteration(engine, batchdata)
-        except Exception as error:  # network, inversion or label mapping failed for these cases only
-            for source in sources:
-                self.report.fail(source, failure_reason(error, source))
-            engine.state.batch = engine.state.output = []
-            return []
-
-
-class SegmentationWriter:
-    """Handler writing each segmented case's labels to its planned output on the input's own geometry.
-
-    Args:
-        report: records each written file, or the reason it could not be written.
-        overwrite: replace existing outputs (the plan already left out those it may not replace).
-        pred_key: key of the labels ``(1, *input grid)`` in the engine output.
-    """
-
-    def __init__(self, report: FolderReport, overwrite: bool = False, pred_key: str = "pred") -> None:
-        self.report = report
-        self.overwrite = overwrite
-        self.pred_key = pred_key
-
-    def attach(self, engine: Engine) -> None:
-        """Write after every iteration."""
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        """Write the cases of the iteration that just finished, then release them."""
-        batch, output = engine.state.batch or [], engine.state.output or []
-        for case, result in zip(batch, output, strict=True):
-            try:
-                labels = torch.as_tensor(result[self.pred_key]).detach().cpu().numpy()[0]
-                written = write_segmentation(labels, case["source"], case["output"], replace=self.overwrite)
-            except Exception as error:  # a full disk or lost permissions fail this case only
-                self.report.fail(case["source"], failure_reason(error, case["source"]))
-                continue
-            self.report.written.append(written)
-        engine.state.batch = engine.state.output = None  # free this case before the next one is loaded

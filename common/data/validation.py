@@ -47,7 +47,7 @@ class ValidateSegmentationd(MapTransform):
         num_classes: classes including background; label values must lie in ``[0, num_classes)``.
         in_channels: channels the network takes.
         spatial_dims: spatial dimensions of the volumes (3 also for 2D networks trained on slices of volumes).
-        allow_2d: also accept 2D files (one slice) where the network is 2D; ``common.geometry.AddSliceAxisd`` then
+        allow_2d: also accept 2D files (one slice) where the network is 2D; ``common.data.geometry.AddSliceAxisd`` then
             makes them one-slice volumes.
         allow_empty_foreground: accept labels without any foreground voxel.
         affine_atol: tolerance of the image/label affine comparison, in mm.

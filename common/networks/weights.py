@@ -1,32 +1,21 @@
-"""Checkpoints of the bundles: final weights that carry their network settings, resumable training state.
+"""Network weights files: the final weights with the network settings they were trained with, saved and loaded.
 
-Files of a training run in ``models/`` (see the bundles' README):
-
-- ``model.pt``: the FINAL network weights as a bare state dict (what the model zoo's ``ckpt_export``,
-  ``monai.bundle.load`` and MONAI's ``CheckpointLoader`` read), written atomically when training completes by
-  :class:`FinalWeightsSaver`. The network settings of the run (classes, input channels, filters, patch size,
-  spacing, label values: the config's ``network_settings``) travel inside it in the state dict's ``_metadata``
-  (PyTorch's own per-state-dict metadata, kept by ``torch.save``/``torch.load(weights_only=True)`` and ignored by
-  ``load_state_dict``), so the file stays loadable by every tool; :func:`read_network_settings` reads them and
-  :func:`load_network_weights` refuses weights whose settings differ from the config's, naming both values.
-- ``checkpoint.pt``: the whole training state (network, optimiser, LR schedule, loss, trainer), written
-  atomically after every epoch by :class:`ResumableTraining` for ``--resume True``.
-- ``model_best.pt``: best-by-validation weights, only when a selection split separate from the scored split is
-  used (:class:`AtomicCheckpointSaver`).
-- ``model_pretrained.pt``: weights a bundle shipped with (``models/model.pt`` of a downloaded bundle), kept by
-  :func:`keep_pretrained_weights` before a training run replaces ``model.pt``; the run starts from them.
-
-:class:`ResumableTraining` restarts from ``checkpoint.pt`` and, at every epoch start, reseeds PyTorch, NumPy,
-``random`` and the MONAI random transforms of the training data from ``(seed, epoch, rank)``, so an interrupted
-and resumed training draws the same batches and reaches the same weights as an uninterrupted one.
-Epoch-dependent settings that handlers derive from ``engine.state.epoch`` follow from the restored epoch.
+``models/model.pt`` holds the FINAL network weights as a bare state dict (what the model zoo's ``ckpt_export``,
+``monai.bundle.load`` and MONAI's ``CheckpointLoader`` read), written atomically when training completes by
+:class:`FinalWeightsSaver`. The network settings of the run (classes, input channels, filters, patch size,
+spacing, label values: the config's ``network_settings``) travel inside it in the state dict's ``_metadata``
+(PyTorch's own per-state-dict metadata, kept by ``torch.save``/``torch.load(weights_only=True)`` and ignored by
+``load_state_dict``), so the file stays loadable by every tool; :func:`read_network_settings` reads them and
+:func:`load_network_weights` refuses weights whose settings differ from the config's, naming both values.
+``models/model_pretrained.pt`` holds weights a bundle shipped with (``models/model.pt`` of a downloaded bundle),
+kept by :func:`keep_pretrained_weights` before a training run replaces ``model.pt``; the run starts from them.
+Training-only deep-supervision heads are dropped when weights are saved or loaded for inference.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import shutil
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -37,105 +26,21 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver
-from monai.data.utils import set_rnd
-from monai.handlers import CheckpointSaver
 
-from common.data import atomic_output
+from common.files import atomic_output
 
-__all__ = [
-    "AtomicCheckpointSaver",
-    "FinalWeightsSaver",
-    "NetworkWeightsLoader",
-    "check_network_settings",
-    "keep_pretrained_weights",
-    "load_network_weights",
-    "network_settings_of",
-    "read_network_settings",
-    "trained_settings",
-    "save_network_weights",
-    "AtomicDiskSaver",
-    "ResumableTraining",
-    "epoch_seed",
-    "load_checkpoint",
-    "read_network_state",
-]
-
-MAX_SEED = 2**32
 NETWORK_SETTINGS_KEY = "network_settings"  # entry of the state dict's ``_metadata`` holding the network settings
+
+
 DEEP_SUPERVISION_HEADS = "deep_supervision_heads"  # submodule of the training-only heads (as MONAI's DynUNet)
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
+    """Whether this is the only process, or rank 0 of a distributed run (the one that writes files)."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-class AtomicDiskSaver(DiskSaver):
-    """Ignite ``DiskSaver`` writing atomically (temporary file + rename, readable by group and others).
-
-    Args:
-        dirname: folder of the checkpoints.
-        filename: fixed file name replacing the one ignite builds (as MONAI's ``CheckpointSaver`` does); a fixed
-            file is replaced by the atomic rename and never removed first, so it exists at every moment.
-    """
-
-    def __init__(self, dirname: str | os.PathLike, filename: str | None = None) -> None:
-        super().__init__(dirname=dirname, require_empty=False, atomic=True)
-        self.filename = filename
-
-    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        """Write ``checkpoint`` to the fixed file name, or to ``filename``."""
-        super().__call__(checkpoint=checkpoint, filename=self.filename or filename, metadata=metadata)
-
-    def remove(self, filename: str) -> None:
-        """Remove an old checkpoint; with a fixed file name the next save replaces it, so nothing is removed."""
-        if self.filename is None:
-            super().remove(filename)
-
-
-class AtomicCheckpointSaver(CheckpointSaver):
-    """:class:`monai.handlers.CheckpointSaver` with atomic writes and a savable state.
-
-    Takes the arguments of MONAI's saver. Its files (final, best key metric, interval) go through
-    :class:`AtomicDiskSaver`. ``state_dict``/``load_state_dict`` carry the record of saved files and their
-    scores, so that a resumed training keeps comparing new key metrics with the best one of the earlier part.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        for checkpoint in self._checkpoints().values():  # keep the fixed file names of MONAI's savers
-            filename = getattr(checkpoint.save_handler, "filename", None)
-            checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename)
-
-    def _checkpoints(self) -> dict[str, Checkpoint]:
-        named = {
-            "final": self._final_checkpoint,
-            "key_metric": self._key_metric_checkpoint,
-            "interval": self._interval_checkpoint,
-        }
-        return {name: checkpoint for name, checkpoint in named.items() if checkpoint is not None}
-
-    def state_dict(self) -> dict[str, Any]:
-        """The saved files and their scores, per kind of checkpoint."""
-        return {name: dict(checkpoint.state_dict()) for name, checkpoint in self._checkpoints().items()}
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        for name, checkpoint in self._checkpoints().items():
-            if name in state_dict:
-                checkpoint.load_state_dict(state_dict[name])
-
-
-def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """A 32-bit seed for one epoch of one process, a fixed function of ``(seed, epoch, rank)``."""
-    return int(np.random.SeedSequence([int(seed), int(epoch), int(rank)]).generate_state(1)[0])
-
-
-def _unwrap(obj: Any) -> Any:
+def unwrap_module(obj: Any) -> Any:
     """The module inside ``DistributedDataParallel``/``DataParallel``, so that checkpoints do not depend on it."""
     return obj.module if isinstance(obj, torch.nn.DataParallel | torch.nn.parallel.DistributedDataParallel) else obj
 
@@ -155,7 +60,7 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"network setting {value!r}: not plain data (numbers, strings, lists, mappings)")
 
 
-def _load_weights_only(path: Path, map_location: Any) -> Any:
+def load_weights_only(path: Path, map_location: Any) -> Any:
     """``torch.load(weights_only=True)`` of ``path``; unreadable or foreign files raise a ValueError naming it."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found; train the bundle first or pass --ckpt_path")
@@ -178,7 +83,7 @@ def read_network_state(checkpoint: str | os.PathLike, map_location: Any = "cpu")
         ValueError: the file is not a checkpoint holding tensors (the message names it).
     """
     path = Path(checkpoint)
-    state = _load_weights_only(path, map_location)
+    state = load_weights_only(path, map_location)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
@@ -244,7 +149,7 @@ def save_network_weights(
     Returns:
         The file written.
     """
-    state = _unwrap(network).state_dict()
+    state = unwrap_module(network).state_dict()
     heads = {key for key in state if key.startswith(f"{DEEP_SUPERVISION_HEADS}.")}
     head_tensors = {state[key].data_ptr() for key in heads}
     # the deployable weights: the inference network (no training-only heads, which a module may also hold under
@@ -308,7 +213,7 @@ def load_network_weights(
     """
     state = read_network_state(checkpoint, map_location)
     check_network_settings(network_settings_of(state), settings or {}, checkpoint)
-    target = _unwrap(network)
+    target = unwrap_module(network)
     expected = target.state_dict()
     heads = {key for key in state if key not in expected and key.startswith(f"{DEEP_SUPERVISION_HEADS}.")}
     # a module may also register the heads elsewhere (DynUNet's skip layers hold them as `super_head`): drop the
@@ -344,39 +249,6 @@ def load_network_weights(
     return network
 
 
-def load_checkpoint(filename: str | os.PathLike, load_dict: Mapping[str, Any], map_location: Any = "cpu") -> None:
-    """Load a checkpoint written by :class:`ResumableTraining` into the objects of ``load_dict``.
-
-    Loading uses ``torch.load(..., weights_only=True)``: a checkpoint is data, never code.
-
-    Args:
-        filename: checkpoint file.
-        load_dict: name -> object with ``load_state_dict`` (modules are loaded strictly).
-        map_location: where tensors are loaded.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file cannot be read, lacks an entry of ``load_dict``, or does not fit an object (e.g. a
-            checkpoint of another network); the message names the file and the entry.
-    """
-    path = Path(filename)
-    state = _load_weights_only(path, map_location)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a training checkpoint (a {type(state).__name__}, not a dictionary)")
-    missing = [name for name in load_dict if name not in state]
-    if missing:
-        raise ValueError(f"{path}: has no {missing} entries (it holds {sorted(state)}); not this training's checkpoint")
-    for name, obj in load_dict.items():
-        try:
-            _unwrap(obj).load_state_dict(state[name])
-        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(
-                f"{path}: its '{name}' does not fit this training ({first_line}); was it written with other "
-                "network or optimiser settings?"
-            ) from error
-
-
 class FinalWeightsSaver:
     """Write the final network weights with their settings (``models/model.pt``) when training completes.
 
@@ -402,7 +274,7 @@ class FinalWeightsSaver:
 
     def __call__(self, engine: Engine) -> None:
         """Write the weights (rank 0 of a distributed run only)."""
-        if _is_main_process():
+        if is_main_process():
             save_network_weights(self.network, self.filename, self.settings)
             self.logger.info(f"{self.filename}: final weights after epoch {engine.state.epoch}")
 
@@ -475,7 +347,7 @@ def keep_pretrained_weights(
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be True or False, got {flag!r}")
     model_path, pretrained_path = Path(model_path), Path(pretrained_path)
-    if not pretrained_path.exists() and model_path.is_file() and not overwrite and _is_main_process():
+    if not pretrained_path.exists() and model_path.is_file() and not overwrite and is_main_process():
         with atomic_output(pretrained_path) as tmp_path:
             shutil.copyfile(model_path, tmp_path)
     if dist.is_available() and dist.is_initialized():
@@ -485,83 +357,3 @@ def keep_pretrained_weights(
     load_network_weights(network, pretrained_path, settings)
     logging.getLogger(__name__).info(f"{pretrained_path}: training starts from these weights")
     return pretrained_path
-
-
-class ResumableTraining:
-    """Save the training state after every epoch (atomically, rank 0 only), resume from it, reseed each epoch.
-
-    Attach it after the trainer's other handlers (from the config's ``run`` section), so that its save runs after
-    the LR scheduler step and the validation of the epoch.
-
-    Args:
-        filename: checkpoint file, e.g. ``models/checkpoint.pt``.
-        save_dict: name -> object with ``state_dict``/``load_state_dict`` (network, optimizer, lr_scheduler,
-            :class:`AtomicCheckpointSaver`, ...); the trainer itself is added as ``"trainer"``; None entries
-            (components disabled in the config) are left out.
-        seed: base seed of the per-epoch reseeding.
-        resume: at the start, load ``filename`` if it exists (a missing file starts a new training).
-        save_interval: save every this many epochs.
-        map_location: where tensors of the checkpoint are loaded (the optimiser moves its state to its
-            parameters' device).
-        name: logger name.
-    """
-
-    def __init__(
-        self,
-        filename: str | os.PathLike,
-        save_dict: Mapping[str, Any],
-        seed: int = 0,
-        resume: bool = False,
-        save_interval: int = 1,
-        map_location: Any = "cpu",
-        name: str | None = None,
-    ) -> None:
-        if not isinstance(resume, bool):
-            raise TypeError(f"resume must be True or False, got {resume!r}")
-        if "trainer" in save_dict:
-            raise ValueError("save_dict must not name an entry 'trainer': the trainer's state is saved under it")
-        if save_interval < 1:
-            raise ValueError(f"save_interval must be at least 1, got {save_interval}")
-        self.filename = Path(filename)
-        self.save_dict = {name: obj for name, obj in save_dict.items() if obj is not None}
-        self.seed = int(seed)
-        self.resume = resume
-        self.save_interval = save_interval
-        self.map_location = map_location
-        self.logger = logging.getLogger(name or __name__)
-
-    def attach(self, engine: Engine) -> None:
-        """Register loading (``STARTED``), reseeding (``EPOCH_STARTED``) and saving (``EPOCH_COMPLETED``)."""
-        if self.resume:
-            engine.add_event_handler(Events.STARTED, self.load)
-        engine.add_event_handler(Events.EPOCH_STARTED, self.reseed)
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
-
-    def load(self, engine: Engine) -> None:
-        """Restore the state of every object and the trainer's epoch and iteration, keeping its ``max_epochs``."""
-        if not self.filename.is_file():
-            self.logger.info(f"{self.filename}: no checkpoint yet, training starts at epoch 1")
-            return
-        max_epochs = engine.state.max_epochs
-        load_checkpoint(self.filename, {**self.save_dict, "trainer": engine}, self.map_location)
-        engine.state.max_epochs = max_epochs
-        self.logger.info(f"{self.filename}: resumed after epoch {engine.state.epoch} of {max_epochs}")
-
-    def reseed(self, engine: Engine) -> None:
-        """Seed the random generators and the training data's random transforms for the starting epoch."""
-        seed = epoch_seed(self.seed, engine.state.epoch, _rank())
-        torch.manual_seed(seed)
-        np.random.seed(seed)
-        random.seed(seed)
-        dataset = getattr(engine.state.dataloader, "dataset", None)
-        if dataset is not None:
-            set_rnd(dataset, seed)  # used without workers; workers seed themselves from torch's generator
-
-    def save(self, engine: Engine) -> None:
-        """Write the state atomically (on rank 0 of a distributed run only)."""
-        if not _is_main_process():
-            return
-        state = {name: _unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
-        state["trainer"] = engine.state_dict()
-        with atomic_output(self.filename) as tmp_path:
-            torch.save(state, tmp_path)

@@ -8,7 +8,8 @@ Protocols (``--split`` of ``scripts/prepare_*.py``, see :func:`add_split_argumen
 
 - ``authors``: the RW paper's split from its authors' ``datasplits/*.py``: train on even, test on odd subjects
   (ACDC patient ids 2, 4, .., 100 vs 1, 3, .., 99; KiTS19 cases 0, 2, .., 208 vs 1, 3, .., 209; BraTS18 HGG only,
-  sorted by name, even vs odd positions). Each release's rule is in :mod:`common.releases` / ``prepare_acdc.py``.
+  sorted by name, even vs odd positions). Each release's rule is in :mod:`common.data.releases` /
+  :mod:`common.data.acdc`.
 - ``random``: a seeded shuffle of the subjects (within each stratum such as the ACDC group or BraTS grade), a
   ``--validation-fraction`` of them for validation; ``0`` puts every case in training (train-only, e.g. a
   single-case folder).

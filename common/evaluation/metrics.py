@@ -1,4 +1,4 @@
-"""Per-case segmentation metrics (Dice, Hausdorff distance, HD95 in mm), CSV output and summaries.
+"""Per-case segmentation metrics of each structure: Dice, Hausdorff distance and HD95 in mm, with a status.
 
 Each *structure* is a set of label values: a single class (``{"class_1": (1,)}``) or a region such as the BraTS
 whole tumour (``{"WT": (1, 2, 4)}``). For every case and structure the evaluation reports a status that makes absent
@@ -17,34 +17,29 @@ HD95 the maximum of both directed 95th percentiles (linear interpolation).
 
 from __future__ import annotations
 
-import csv
-import json
-import logging
 import math
-import os
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from monai.data import decollate_batch
 from scipy import ndimage
 from scipy.spatial import KDTree
 
-from common.data import atomic_output
-from common.errors import ensure_absent
-
 if TYPE_CHECKING:
-    from ignite.engine import Engine
+    pass
 
-logger = logging.getLogger(__name__)
 
 STATUS_PRESENT = "present"
+
+
 STATUS_MISSED = "missed"
+
+
 STATUS_FALSE_POSITIVE = "false_positive"
+
+
 STATUS_ABSENT = "absent"
 
 
@@ -334,117 +329,6 @@ def evaluate_case(
     return results
 
 
-def _finite_mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; NaN for fewer than two values)."""
-    array = np.asarray(values, dtype=np.float64)
-    mean = float(array.mean()) if array.size else math.nan
-    std = float(array.std(ddof=1)) if array.size > 1 else math.nan
-    return mean, std
-
-
-def summarize(results: Sequence[StructureResult]) -> list[dict[str, Any]]:
-    """Mean +- std per structure, with explicit counts of how each case entered it.
-
-    Dice statistics use every case where the structure is in the ground truth or the prediction (``missed`` and
-    ``false_positive`` count as 0); ``absent`` cases are excluded and counted. HD/HD95 statistics use only
-    ``present`` cases, since the distance is infinite otherwise; the excluded cases are the ``missed`` and
-    ``false_positive`` counts.
-
-    Args:
-        results: per-case results, any number of cases.
-
-    Returns:
-        One dict per structure (first-seen order) with ``structure``, ``n_cases``, the four status counts,
-        ``dice_mean``, ``dice_std``, ``hd_mean``, ``hd_std``, ``hd95_mean``, ``hd95_std``.
-    """
-    by_structure: dict[str, list[StructureResult]] = {}
-    for result in results:
-        by_structure.setdefault(result.structure, []).append(result)
-    summary = []
-    for name, rows in by_structure.items():
-        entry: dict[str, Any] = {"structure": name, "n_cases": len(rows)}
-        for status in (STATUS_PRESENT, STATUS_MISSED, STATUS_FALSE_POSITIVE, STATUS_ABSENT):
-            entry[f"n_{status}"] = sum(row.status == status for row in rows)
-        entry["dice_mean"], entry["dice_std"] = _finite_mean_std([r.dice for r in rows if r.status != STATUS_ABSENT])
-        present = [r for r in rows if r.status == STATUS_PRESENT]
-        entry["hd_mean"], entry["hd_std"] = _finite_mean_std([r.hd for r in present])
-        entry["hd95_mean"], entry["hd95_std"] = _finite_mean_std([r.hd95 for r in present])
-        summary.append(entry)
-    return summary
-
-
-def format_summary(summary: Sequence[Mapping[str, Any]]) -> str:
-    """Human-readable ``mean +- std`` lines of a `summarize` output."""
-    lines = []
-    for entry in summary:
-        lines.append(
-            f"{entry['structure']}: Dice {entry['dice_mean']:.4f} +- {entry['dice_std']:.4f}, "
-            f"HD {entry['hd_mean']:.2f} +- {entry['hd_std']:.2f} mm, "
-            f"HD95 {entry['hd95_mean']:.2f} +- {entry['hd95_std']:.2f} mm "
-            f"(cases {entry['n_cases']}: present {entry['n_present']}, missed {entry['n_missed']}, "
-            f"false positive {entry['n_false_positive']}, absent {entry['n_absent']})"
-        )
-    return "\n".join(lines)
-
-
-def write_rows_csv(
-    rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, columns: Sequence[str], overwrite: bool = False
-) -> None:
-    """Write dict rows to a CSV file atomically (floats with full precision; ``inf``/``nan`` as text).
-
-    Raises:
-        FileExistsError: when ``path`` exists and ``overwrite`` is False.
-    """
-    ensure_absent(path, overwrite=overwrite)
-    with atomic_output(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(columns))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def write_results_csv(results: Sequence[StructureResult], path: str | os.PathLike, overwrite: bool = False) -> None:
-    """Write per-case results as a long-format CSV (one row per case and structure)."""
-    write_rows_csv([asdict(r) for r in results], path, RESULT_COLUMNS, overwrite=overwrite)
-
-
-def write_summary_csv(summary: Sequence[Mapping[str, Any]], path: str | os.PathLike, overwrite: bool = False) -> None:
-    """Write a `summarize` output as CSV."""
-    columns = list(summary[0].keys()) if summary else ["structure"]
-    write_rows_csv(summary, path, columns, overwrite=overwrite)
-
-
-def read_results_csv(path: str | os.PathLike) -> list[StructureResult]:
-    """Read a CSV written by `write_results_csv`.
-
-    Raises:
-        ValueError: naming the file when columns are missing or a value does not parse.
-    """
-    with open(path, newline="", encoding="utf-8") as stream:
-        reader = csv.DictReader(stream)
-        missing = set(RESULT_COLUMNS) - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: not an evaluation CSV, missing columns {sorted(missing)}.")
-        results = []
-        for line, row in enumerate(reader, start=2):
-            try:
-                results.append(
-                    StructureResult(
-                        case=row["case"],
-                        structure=row["structure"],
-                        labels=row["labels"],
-                        status=row["status"],
-                        dice=float(row["dice"]),
-                        hd=float(row["hd"]),
-                        hd95=float(row["hd95"]),
-                        gt_voxels=int(row["gt_voxels"]),
-                        pred_voxels=int(row["pred_voxels"]),
-                    )
-                )
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"{path}, line {line}: {error}") from error
-    return results
-
-
 def label_map(array: torch.Tensor) -> np.ndarray:
     """Channel-first tensor (1 or C channels) to an integer label map; C channels are argmax-ed.
 
@@ -455,133 +339,3 @@ def label_map(array: torch.Tensor) -> np.ndarray:
     if values.is_floating_point():
         values = values.round()
     return values.numpy().astype(np.int32, copy=False)
-
-
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".npz", ".png")
-
-
-def _case_source(label: torch.Tensor, fallback: str) -> str:
-    """The label MetaTensor's source file (``filename_or_obj``), or ``fallback`` when it has none."""
-    meta = getattr(label, "meta", {}) or {}
-    return str(meta.get("filename_or_obj") or fallback)
-
-
-def _strip_image_suffix(name: str) -> str:
-    suffix = next((s for s in IMAGE_SUFFIXES if name.lower().endswith(s)), "")
-    return name[: len(name) - len(suffix)]
-
-
-def case_ids(sources: Sequence[str]) -> dict[str, str]:
-    """Distinct case ids for source files: the path below the folder that holds them all, image suffix removed.
-
-    File names alone are not enough: ``siteA/patient001/label.nii.gz`` and ``siteB/patient001/label.nii.gz`` must stay
-    two cases (``siteA/patient001/label`` and ``siteB/patient001/label``); files of one folder keep their stem.
-    Names without an image suffix (not files) are kept as they are; files whose names differ only in the suffix
-    keep it.
-
-    Args:
-        sources: source file paths (and other names), any order, repeats allowed.
-
-    Returns:
-        Mapping of each distinct source to its id.
-    """
-    files = sorted({source for source in sources if source.lower().endswith(IMAGE_SUFFIXES)})
-    ids = {source: source for source in sources}
-    if files:
-        root = os.path.commonpath([os.path.dirname(os.path.abspath(source)) for source in files])
-        relative = {source: Path(os.path.relpath(os.path.abspath(source), root)).as_posix() for source in files}
-        stripped = {source: _strip_image_suffix(name) for source, name in relative.items()}
-        counts = Counter(stripped.values())  # x.nii and x.nii.gz of one folder keep their suffixes
-        ids.update(
-            {source: stripped[source] if counts[stripped[source]] == 1 else relative[source] for source in files}
-        )
-    return ids
-
-
-def _default_output_transform(output: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(pred, label)`` channel-first pairs from a MONAI evaluator output (decollated list or batched dict)."""
-    items = output if isinstance(output, list) else decollate_batch(output)
-    return [(item["pred"], item["label"]) for item in items]
-
-
-class CaseMetricsWriter:
-    """Ignite handler that evaluates every case of an evaluator epoch and writes CSV files.
-
-    Attach it to a MONAI `SupervisedEvaluator` (for example from a bundle's ``evaluate.yaml``). After each iteration
-    it converts every decollated ``pred``/``label`` pair to label maps (argmax over channels unless there is a single
-    channel), reads the spacing from the label MetaTensor's affine and the case name from its ``filename_or_obj``,
-    and computes `evaluate_case`. At the end of the epoch the rows of all processes are gathered and rank 0 writes
-    ``<output_dir>/<prefix>_per_case.csv`` and ``<output_dir>/<prefix>_summary.csv`` and logs the summary.
-
-    Args:
-        output_dir: folder of the CSV files.
-        structures: structure name to label values (see `class_structures`, `brats_regions`).
-        prefix: file-name prefix.
-        output_transform: maps ``engine.state.output`` to a list of ``(pred, label)`` channel-first tensors.
-        overwrite: replace existing CSV files; otherwise existing files raise when the run starts.
-    """
-
-    def __init__(
-        self,
-        output_dir: str | os.PathLike,
-        structures: Mapping[str, Sequence[int]],
-        prefix: str = "metrics",
-        output_transform: Callable[[Any], list[tuple[torch.Tensor, torch.Tensor]]] = _default_output_transform,
-        overwrite: bool = False,
-    ) -> None:
-        self.structures = {name: tuple(int(v) for v in values) for name, values in structures.items()}
-        self.per_case_path = Path(output_dir) / f"{prefix}_per_case.csv"
-        self.summary_path = Path(output_dir) / f"{prefix}_summary.csv"
-        self.output_transform = output_transform
-        self.overwrite = overwrite
-        self.results: list[StructureResult] = []
-        self.summary: list[dict[str, Any]] = []
-        self._wrote_files = False  # files written by an earlier epoch of this run may be replaced
-
-    def attach(self, engine: Engine) -> None:
-        """Register the handler's callbacks on ``engine``."""
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.STARTED, self.check_outputs)
-        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
-
-    def check_outputs(self, engine: Engine) -> None:
-        """Fail before evaluating anything when the output files exist and may not be overwritten."""
-        ensure_absent(self.per_case_path, self.summary_path, overwrite=self.overwrite or self._wrote_files)
-
-    def reset(self, engine: Engine) -> None:
-        """Forget the results of a previous epoch."""
-        self.results = []
-
-    def iteration_completed(self, engine: Engine) -> None:
-        """Evaluate the cases of the current iteration."""
-        for index, (pred, label) in enumerate(self.output_transform(engine.state.output)):
-            affine = getattr(label, "affine", None)
-            spatial_dims = label.ndim - 1
-            spacing = spacing_from_affine(affine)[:spatial_dims] if affine is not None else None
-            case = _case_source(label, fallback=f"iteration{engine.state.iteration}_item{index}")
-            self.results.extend(evaluate_case(label_map(pred), label_map(label), self.structures, spacing, case=case))
-
-    def epoch_completed(self, engine: Engine) -> None:
-        """Gather the rows of all processes, write the CSV files on rank 0 and log the summary."""
-        import ignite.distributed as idist
-
-        serialized = json.dumps([asdict(r) for r in self.results])
-        gathered = idist.all_gather(serialized) if idist.get_world_size() > 1 else [serialized]
-        rows = [row for part in gathered for row in json.loads(part)]
-        ids = case_ids([row["case"] for row in rows])
-        self.results = [StructureResult(**{**row, "case": ids[row["case"]]}) for row in rows]
-        self.summary = summarize(self.results)
-        if idist.get_rank() != 0:
-            return
-        pairs = Counter((result.case, result.structure) for result in self.results)
-        repeated = sorted({case for (case, _), count in pairs.items() if count > 1})
-        if repeated:  # the table keeps every row; compare_runs.py refuses it until the datalist is fixed
-            logger.warning("case(s) evaluated more than once (listed twice in the datalist?): %s", ", ".join(repeated))
-        overwrite = self.overwrite or self._wrote_files
-        write_results_csv(self.results, self.per_case_path, overwrite=overwrite)
-        write_summary_csv(self.summary, self.summary_path, overwrite=overwrite)
-        self._wrote_files = True
-        logger.info("Per-case metrics written to %s\n%s", self.per_case_path, format_summary(self.summary))

@@ -1,8 +1,8 @@
-"""Small synthetic volumes written in the exact folder layouts of the public data releases.
+"""A synthetic ACDC 2017 release: tiny cardiac phantoms in the release's exact folder layout.
 
 The tests and the demo cannot download any of the papers' data sets, so this module draws tiny phantoms with
-the same label conventions and writes them the way the releases are laid out, so that the preparation scripts
-run unchanged on them. One writer per release; they share the NIfTI and geometry helpers below.
+the same label conventions and writes them the way the release is laid out, so that ``scripts/prepare_acdc.py``
+runs unchanged on them (:mod:`common.data.synthetic_releases` does the same for BraTS, KiTS19 and MSD).
 
 ACDC17 (``write_acdc_dataset``)::
 
@@ -19,34 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
-from common.data import atomic_output
+from common.data.nifti import save_nifti
 
 ACDC_GROUPS = ("NOR", "MINF", "DCM", "HCM", "RV")
+
+
 ACDC_LABELS = {0: "background", 1: "RV", 2: "myocardium", 3: "LV"}
-
-
-def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an array as NIfTI atomically (temporary file in the same folder, then rename).
-
-    Args:
-        array: voxel data, written with its own dtype.
-        affine: 4x4 voxel-to-world matrix (mm), stored as both qform and sform.
-        path: destination ``.nii`` or ``.nii.gz``; parent folders are created.
-
-    Returns:
-        The destination path.
-    """
-    path = Path(path)
-    image = nib.Nifti1Image(np.ascontiguousarray(array), affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    image.header.set_xyzt_units("mm", "sec")
-    with atomic_output(path) as tmp_path:
-        nib.save(image, tmp_path)
-    return path
 
 
 def _disc(grid_x: np.ndarray, grid_y: np.ndarray, center: Sequence[float], radius: float) -> np.ndarray:

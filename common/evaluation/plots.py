@@ -15,8 +15,8 @@ from matplotlib import colormaps
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 
-from common.data import atomic_output
 from common.errors import ensure_absent
+from common.files import atomic_output
 
 
 def save_figure(figure: Figure, path: str | os.PathLike, overwrite: bool = False, dpi: int = 120) -> Path:
@@ -173,7 +173,7 @@ def plot_diagnostic_overlay(
 
     Args:
         image: 2D intensity slice.
-        counts: map name to the 2D per-pixel count (see `common.diagnostics.negative_component_count`).
+        counts: map name to the 2D per-pixel count (see `common.evaluation.diagnostics.negative_component_count`).
         path: output PNG.
         title: figure title.
         overwrite: replace an existing file.

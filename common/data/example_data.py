@@ -39,8 +39,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from common import example_conversion as conversion
-from common.example_conversion import DatasetContent, ExampleDataError, Members
+from common.data import example_conversion as conversion
+from common.data.example_conversion import DatasetContent, ExampleDataError, Members
+from common.files import write_bytes_atomic
 
 MARKER_NAME = ".complete.json"
 MARKER_FORMAT = 1
@@ -173,20 +174,6 @@ OUTPUT_MEGABYTES = {
 
 
 # ---------------------------------------------------------------------------------------------------------- files
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path`` and move it into place (readers never see a partial file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(data)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
     """Gzipped NIfTI-1 bytes (qform and sform = affine, millimetres; gzip mtime 0, so reruns give the same bytes)."""
     image = nib.Nifti1Image(np.ascontiguousarray(array), affine)
@@ -409,7 +396,7 @@ def write_dataset(folder: Path, content: DatasetContent, licence: bytes, sources
         entry = {"image": f"./imagesTr/{case.case_id}.nii.gz", "label": f"./labelsTr/{case.case_id}.nii.gz"}
         for key, array in (("image", case.image), ("label", case.label.astype(label_dtype))):
             data = nifti_bytes(array, case.affine)
-            write_bytes_atomic(folder / entry[key], data)
+            write_bytes_atomic(data, folder / entry[key])
             sizes[entry[key]] = len(data)
         training.append(entry | ({"modality": case.modality} if case.modality else {}))
         rows.append(summary_row(folder.name, case, content))
@@ -421,15 +408,15 @@ def write_dataset(folder: Path, content: DatasetContent, licence: bytes, sources
     }  # fmt: skip
     if content.label_ids:
         description["label_ids"] = {str(value): source_id for value, source_id in content.label_ids.items()}
-    write_bytes_atomic(folder / "dataset.json", (json.dumps(description, indent=1) + "\n").encode())
-    write_bytes_atomic(folder / "LICENSE", licence)
+    write_bytes_atomic((json.dumps(description, indent=1) + "\n").encode(), folder / "dataset.json")
+    write_bytes_atomic(licence, folder / "LICENSE")
     marker = {
         "format": MARKER_FORMAT,
         "sources": {s.filename: s.sha256 for s in sources},
         "sizes": sizes,
         "summary": rows,
     }
-    write_bytes_atomic(folder / MARKER_NAME, (json.dumps(marker, indent=1) + "\n").encode())
+    write_bytes_atomic((json.dumps(marker, indent=1) + "\n").encode(), folder / MARKER_NAME)
     return rows
 
 
@@ -456,7 +443,7 @@ def write_summary(out_dir: Path) -> int:
     text = "\t".join(SUMMARY_COLUMNS) + "\n" + "".join("\t".join(row) + "\n" for row in rows)
     path = out_dir / "summary.tsv"
     if not path.is_file() or path.read_text() != text:
-        write_bytes_atomic(path, text.encode())
+        write_bytes_atomic(text.encode(), path)
     return len(rows)
 
 

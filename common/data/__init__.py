@@ -1,0 +1,1 @@
+"""Data of the bundles: releases and their datalists, splits, input checks, slice geometry, synthetic releases."""

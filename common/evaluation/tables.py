@@ -1,0 +1,137 @@
+"""Tables of per-case metrics: summaries per structure, their text form, and the CSV files written and read."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from common.errors import ensure_absent
+from common.evaluation.metrics import (
+    RESULT_COLUMNS,
+    STATUS_ABSENT,
+    STATUS_FALSE_POSITIVE,
+    STATUS_MISSED,
+    STATUS_PRESENT,
+    StructureResult,
+)
+from common.files import atomic_output
+
+if TYPE_CHECKING:
+    pass
+
+
+def _finite_mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; NaN for fewer than two values)."""
+    array = np.asarray(values, dtype=np.float64)
+    mean = float(array.mean()) if array.size else math.nan
+    std = float(array.std(ddof=1)) if array.size > 1 else math.nan
+    return mean, std
+
+
+def summarize(results: Sequence[StructureResult]) -> list[dict[str, Any]]:
+    """Mean +- std per structure, with explicit counts of how each case entered it.
+
+    Dice statistics use every case where the structure is in the ground truth or the prediction (``missed`` and
+    ``false_positive`` count as 0); ``absent`` cases are excluded and counted. HD/HD95 statistics use only
+    ``present`` cases, since the distance is infinite otherwise; the excluded cases are the ``missed`` and
+    ``false_positive`` counts.
+
+    Args:
+        results: per-case results, any number of cases.
+
+    Returns:
+        One dict per structure (first-seen order) with ``structure``, ``n_cases``, the four status counts,
+        ``dice_mean``, ``dice_std``, ``hd_mean``, ``hd_std``, ``hd95_mean``, ``hd95_std``.
+    """
+    by_structure: dict[str, list[StructureResult]] = {}
+    for result in results:
+        by_structure.setdefault(result.structure, []).append(result)
+    summary = []
+    for name, rows in by_structure.items():
+        entry: dict[str, Any] = {"structure": name, "n_cases": len(rows)}
+        for status in (STATUS_PRESENT, STATUS_MISSED, STATUS_FALSE_POSITIVE, STATUS_ABSENT):
+            entry[f"n_{status}"] = sum(row.status == status for row in rows)
+        entry["dice_mean"], entry["dice_std"] = _finite_mean_std([r.dice for r in rows if r.status != STATUS_ABSENT])
+        present = [r for r in rows if r.status == STATUS_PRESENT]
+        entry["hd_mean"], entry["hd_std"] = _finite_mean_std([r.hd for r in present])
+        entry["hd95_mean"], entry["hd95_std"] = _finite_mean_std([r.hd95 for r in present])
+        summary.append(entry)
+    return summary
+
+
+def format_summary(summary: Sequence[Mapping[str, Any]]) -> str:
+    """Human-readable ``mean +- std`` lines of a `summarize` output."""
+    lines = []
+    for entry in summary:
+        lines.append(
+            f"{entry['structure']}: Dice {entry['dice_mean']:.4f} +- {entry['dice_std']:.4f}, "
+            f"HD {entry['hd_mean']:.2f} +- {entry['hd_std']:.2f} mm, "
+            f"HD95 {entry['hd95_mean']:.2f} +- {entry['hd95_std']:.2f} mm "
+            f"(cases {entry['n_cases']}: present {entry['n_present']}, missed {entry['n_missed']}, "
+            f"false positive {entry['n_false_positive']}, absent {entry['n_absent']})"
+        )
+    return "\n".join(lines)
+
+
+def write_rows_csv(
+    rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, columns: Sequence[str], overwrite: bool = False
+) -> None:
+    """Write dict rows to a CSV file atomically (floats with full precision; ``inf``/``nan`` as text).
+
+    Raises:
+        FileExistsError: when ``path`` exists and ``overwrite`` is False.
+    """
+    ensure_absent(path, overwrite=overwrite)
+    with atomic_output(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_results_csv(results: Sequence[StructureResult], path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Write per-case results as a long-format CSV (one row per case and structure)."""
+    write_rows_csv([asdict(r) for r in results], path, RESULT_COLUMNS, overwrite=overwrite)
+
+
+def write_summary_csv(summary: Sequence[Mapping[str, Any]], path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Write a `summarize` output as CSV."""
+    columns = list(summary[0].keys()) if summary else ["structure"]
+    write_rows_csv(summary, path, columns, overwrite=overwrite)
+
+
+def read_results_csv(path: str | os.PathLike) -> list[StructureResult]:
+    """Read a CSV written by `write_results_csv`.
+
+    Raises:
+        ValueError: naming the file when columns are missing or a value does not parse.
+    """
+    with open(path, newline="", encoding="utf-8") as stream:
+        reader = csv.DictReader(stream)
+        missing = set(RESULT_COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: not an evaluation CSV, missing columns {sorted(missing)}.")
+        results = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                results.append(
+                    StructureResult(
+                        case=row["case"],
+                        structure=row["structure"],
+                        labels=row["labels"],
+                        status=row["status"],
+                        dice=float(row["dice"]),
+                        hd=float(row["hd"]),
+                        hd95=float(row["hd95"]),
+                        gt_voxels=int(row["gt_voxels"]),
+                        pred_voxels=int(row["pred_voxels"]),
+                    )
+                )
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{path}, line {line}: {error}") from error
+    return results
