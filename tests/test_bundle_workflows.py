@@ -16,7 +16,11 @@ import pytest
 from ignite.metrics import Average
 from monai.bundle import ConfigParser, ConfigWorkflow, run
 
-pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning", "ignore:Default upsampling")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:parsing config_file:UserWarning",
+    "ignore:Default upsampling",
+    "error::FutureWarning",  # a default that MONAI is changing (Orientationd's labels): the configs pass it
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = REPO / "bundles"
