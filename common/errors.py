@@ -12,16 +12,26 @@ Exit statuses of ``python -m monai.bundle run ...`` and of the scripts:
 - ``1``: a failure that is not a user error (a bug, a corrupt file, running out of memory): Python's traceback,
   then ``error: <type>: <message>`` of the cause; for batch tools (folder inference, evaluation), some items
   failed and the others were processed (each failure is listed with its reason).
-- ``2``: a user error (:class:`UserError`, or an existing output, a missing file or folder, or a permission
-  problem): one line ``error: <message>`` naming the file or option and the fix, and no traceback.
+- ``2``: a user error (:class:`UserError`, or an existing output, a missing file or folder, a permission problem
+  or a read-only file system, a value nested too deeply to process, a config reference that the config files given
+  do not define): one line ``error: <message>`` naming the file or option and the fix, and no traceback.
+
+A refused run exits through ``os._exit`` once its line is printed when other threads are still running (a
+``CacheDataset`` caching with a thread pool): interpreter shutdown with torch's threads alive can end in
+``std::terminate`` (SIGABRT, "terminate called without an active exception") after the line. Outputs are written
+atomically (temporary file + rename), so skipping the interpreter's shutdown leaves no partial file; log handlers
+are flushed first.
 """
 
 from __future__ import annotations
 
 import ast
+import errno
+import logging
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 from types import TracebackType
 
@@ -50,12 +60,34 @@ class OutputExistsError(UserError, FileExistsError):
     """An output of an earlier run would be replaced (still a ``FileExistsError`` for callers)."""
 
 
-def ensure_absent(*paths: str | os.PathLike, overwrite: bool = False) -> None:
+class CheckpointError(UserError, ValueError):
+    """A weights or checkpoint file that cannot serve this run (still a ``ValueError`` for callers).
+
+    Truncated, not weights-only (a pickle that would run code), of another network, or trained with other settings;
+    the message names the file, what differs and the option that fixes it.
+    """
+
+
+class OptionValueError(UserError, ValueError):
+    """An option value that is refused (e.g. an output folder equal to the input); still a ``ValueError``."""
+
+
+# OSError numbers that say the user's file system refuses the run (not a bug): read-only, no permission, full
+_USER_OS_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+# MONAI's reference resolver: ``ValueError("the referring item `@name` is not defined in the config content.")``
+_MISSING_REFERENCE = re.compile(r"^the referring item `@(?P<name>[^`]+)` is not defined in the config content\.?$")
+# option errors raised as plain ValueError/TypeError by code that names the option first (``--output_dir X: ...``)
+_OPTION_MESSAGE = re.compile(r"^--[A-Za-z_][\w#-]*[ :]")
+
+
+def ensure_absent(*paths: str | os.PathLike, overwrite: bool = False, fix: str | None = None) -> None:
     """Refuse to start a run that would replace earlier results.
 
     Args:
         paths: files the run is going to write (checkpoints, metric tables).
         overwrite: allow replacing them.
+        fix: the options that resolve a refusal, as the caller's users spell them (default: ``--overwrite`` or
+            another output location).
 
     Raises:
         OutputExistsError: one of ``paths`` exists and ``overwrite`` is False, or is a folder (never replaced);
@@ -73,14 +105,51 @@ def ensure_absent(*paths: str | os.PathLike, overwrite: bool = False) -> None:
     for path in paths:
         if Path(path).exists():
             raise OutputExistsError(
-                f"{path}: already exists from an earlier run; pass --overwrite to replace it or choose another "
-                "output location"
+                f"{path}: already exists from an earlier run; "
+                + (fix or "pass --overwrite to replace it or choose another output location")
             )
+
+
+def as_user_error(error: BaseException) -> UserError | None:
+    """The user error that ``error`` stands for when it is not raised as one, else None.
+
+    - ``RecursionError``: a value (a ``--set``/override value, a config entry) nested too deeply to process.
+    - an ``OSError`` of a read-only folder, a missing permission or a full disk: names the file or folder.
+    - MONAI's missing config reference: the config files given do not define a name (``evaluate.yaml`` run without
+      ``train.yaml`` under it) or an override names one that does not exist.
+    - a ``ValueError``/``TypeError`` whose message starts with the option it is about (``--output_dir X: ...``).
+    """
+    if isinstance(error, UserError):
+        return error
+    if isinstance(error, RecursionError):
+        return UserError(
+            f"a value is nested too deeply to process (more than {sys.getrecursionlimit()} levels: RecursionError); "
+            "give a flatter --set/override value or config entry"
+        )
+    if isinstance(error, OSError) and error.errno in _USER_OS_ERRNOS:
+        where = error.filename if error.filename is not None else "an output"
+        reason = error.strerror or os.strerror(error.errno)
+        folder = Path(str(where)).parent if error.filename is not None and not Path(str(where)).is_dir() else where
+        return UserError(
+            f"{where}: {reason} (in the folder {folder}); choose a folder you can write (e.g. another --output_dir "
+            "or --bundle_root), or make it writable"
+        )
+    if type(error) is ValueError:
+        match = _MISSING_REFERENCE.match(str(error).strip())
+        if match:
+            return UserError(
+                f"the config refers to @{match.group('name')}, which none of the config files given defines; "
+                "evaluate.yaml and multi_gpu_train.yaml run merged over train.yaml (--config_file "
+                "\"['configs/train.yaml','configs/evaluate.yaml']\"), and an override must name an existing entry"
+            )
+    if type(error) in (ValueError, TypeError) and _OPTION_MESSAGE.match(str(error)):
+        return UserError(str(error))
+    return None
 
 
 def is_user_error(error: BaseException) -> bool:
     """Whether ``error`` is the user's to fix (see the module docstring), so its message alone is reported."""
-    return isinstance(error, (UserError, *USER_ERROR_TYPES))
+    return isinstance(error, (UserError, *USER_ERROR_TYPES)) or as_user_error(error) is not None
 
 
 def _is_wrapper(error: BaseException) -> bool:
@@ -154,7 +223,8 @@ def root_cause(error: BaseException) -> BaseException:
             break
     user_errors = [link for link in chain if is_user_error(link)]
     if user_errors:
-        return user_errors[0]
+        translated = as_user_error(user_errors[0])
+        return translated if translated is not None and translated is not user_errors[0] else user_errors[0]
     return next((link for link in chain if not _is_wrapper(link)), chain[-1])
 
 
@@ -218,7 +288,30 @@ def report_uncaught(error_type: type[BaseException], error: BaseException, trace
     if not is_user_error(root_cause(error)):
         sys.__excepthook__(error_type, error, trace)
     print(error_line(error), file=sys.stderr, flush=True)
-    raise SystemExit(exit_status(error))
+    status = exit_status(error)
+    if other_threads_alive():
+        exit_now(status)
+    raise SystemExit(status)
+
+
+def other_threads_alive() -> bool:
+    """Whether threads besides the main one still run (e.g. a ``CacheDataset`` thread pool caching)."""
+    return any(thread is not threading.main_thread() and thread.is_alive() for thread in threading.enumerate())
+
+
+def exit_now(status: int) -> None:
+    """Flush the logs and the standard streams, then end the process with ``status`` without interpreter shutdown.
+
+    Interpreter shutdown while torch's worker threads still run can abort the process (SIGABRT) after the error
+    line; every output is written atomically, so nothing half-written is left by skipping it.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing more can be said on it
+            pass
+    os._exit(status)
 
 
 def install_error_hook() -> None:

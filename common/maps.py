@@ -12,6 +12,12 @@ map never holds class weights, so ``rrw_map(..., compact=True, class_weights=...
 loss argument; a dense map always holds them, so the dense losses refuse ``class_weights``. RW-Boundary maps are
 not rectified and have no compact form.
 
+A compact value of 0 means "no map here": padding (``SpatialPadd``, rotated-in corners, zoomed-out borders write
+label 0 and map 0) or a voxel to ignore, which gives no loss, as a dense map that is 0 in every channel does
+(:mod:`common.losses.region_wise`). A real voxel's compact RRW value lies in ``[-1, 0)`` and is never 0. The
+active-contour map's own-class value is 0 at every voxel, so its compact form would read as padding everywhere:
+``active_contour_map(..., compact=True)`` is refused; use the dense map (its loss needs nothing but the label).
+
 Distances come from the ``edt`` package. One multi-label EDT call gives, for every voxel, the distance to the
 nearest voxel of another label, which is ``d_in`` of the voxel's own class for all classes at once; that single
 call replaces the per-class ``scipy.ndimage.distance_transform_edt`` loop of the original code and of MONAI's
@@ -245,14 +251,20 @@ def active_contour_map(label: np.ndarray, num_classes: int, compact: bool = Fals
     Args:
         label: integer label image ``(*spatial)``, 2D or 3D.
         num_classes: number of classes ``C``.
-        compact: return only each voxel's own-class value (all zeros), ``(*spatial)``.
+        compact: refused: the own-class value is 0 at every voxel, which the compact form reserves for voxels
+            without a map (padding; see the module docstring).
 
     Returns:
-        float32 array ``(C, *spatial)``, or ``(*spatial)`` with ``compact=True``.
+        float32 array ``(C, *spatial)``.
 
     Raises:
-        ValueError: on an invalid label.
+        ValueError: on an invalid label, or ``compact=True``.
     """
+    if compact:
+        raise ValueError(
+            "the active-contour map has no compact form: its own-class value is 0 at every voxel, and a compact value "
+            "of 0 marks a voxel without a map (padding), which gives no loss; use the dense map (compact=False)."
+        )
     label, _ = check_label(label, num_classes)
     own = np.zeros(label.shape, dtype=np.float32)
-    return own if compact else _dense_from_compact(own, label, num_classes, np.ones(num_classes, dtype=np.float32))
+    return _dense_from_compact(own, label, num_classes, np.ones(num_classes, dtype=np.float32))

@@ -5,9 +5,11 @@ The maps depend only on the ground truth, so they belong in the deterministic pa
 trains 2D networks on slices: put the map transform before the slice crop and list the map key among the crop's
 keys. To compute the map on the patch instead, put the transform after the crop.
 
-``compact=True`` stores a rectified map (RRW, active contour) as one float per voxel, ``(1, *spatial)``: the value
-of the voxel's own class (see :mod:`common.maps`). A cached dataset then holds 4 bytes per voxel instead of
-``4 * C``; the losses read it with ``compact=True`` and take any class weights themselves.
+``compact=True`` stores an RRW map as one float per voxel, ``(1, *spatial)``: the value of the voxel's own class
+(see :mod:`common.maps`). A cached dataset then holds 4 bytes per voxel instead of ``4 * C``; the losses read it
+with ``compact=True`` and take any class weights themselves. Zero padding of the map (``SpatialPadd``, rotation,
+zoom) marks voxels without a map, which give no RW loss in the dense and the compact form alike; the active-contour
+map (own-class value 0 everywhere) therefore has no compact form.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ MAP_FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
     "active_contour": active_contour_map,
 }
 _USES_SPACING = {"rrw", "boundary"}
-_HAS_COMPACT_FORM = {"rrw", "active_contour"}
+_HAS_COMPACT_FORM = {"rrw"}  # active contour: own value 0 = "no map"
 
 
 class RWMapd(MapTransform):
@@ -52,8 +54,8 @@ class RWMapd(MapTransform):
             Ignored by ``"active_contour"``, which uses no distances, so one config can switch map types.
         spacing_from_affine: take the spacing from each label's affine (the label must be a ``MetaTensor``).
         allow_missing_keys: do not raise if a key is missing.
-        compact: store only each voxel's own-class value, ``(1, *spatial)`` (``"rrw"`` and ``"active_contour"``);
-            class weights then go to the loss, not to the map.
+        compact: store only each voxel's own-class value, ``(1, *spatial)`` (``"rrw"`` only); class weights then
+            go to the loss, not to the map.
         map_kwargs: passed to the map function (``class_weights`` for a dense ``"rrw"``, ``offset`` for
             ``"boundary"``).
 
@@ -79,7 +81,8 @@ class RWMapd(MapTransform):
             raise ValueError(f"map_type must be one of {sorted(MAP_FUNCTIONS)}, got {map_type!r}.")
         if compact and map_type not in _HAS_COMPACT_FORM:
             raise ValueError(
-                f"map_type {map_type!r} has no compact form (its non-true entries differ per class); use "
+                f"map_type {map_type!r} has no compact form (RW-Boundary: its non-true entries differ per class; "
+                "active contour: its own-class value is 0, which the compact form reserves for padding); use "
                 f"compact=False or one of {sorted(_HAS_COMPACT_FORM)}."
             )
         if compact and map_kwargs.get("class_weights") is not None:
@@ -198,7 +201,7 @@ class BoundaryMapd(RWMapd):
 
 
 class ActiveContourMapd(RWMapd):
-    """Active-contour map ``1 - onehot(label)`` (see :func:`common.maps.active_contour_map`)."""
+    """Active-contour map ``1 - onehot(label)`` (see :func:`common.maps.active_contour_map`); dense only."""
 
     def __init__(
         self,

@@ -73,6 +73,25 @@ def read_run(path: Path) -> list[StructureResult]:
     return results
 
 
+def check_distances(path: Path, results: list[StructureResult], structures: list[str], metrics: list[str]) -> None:
+    """Refuse a CSV whose present structures have no distance when a distance is compared (no silent dropping).
+
+    Raises:
+        UserError: naming the file, the metric and the cases evaluated without distances.
+    """
+    for metric in [m for m in metrics if m != "dice"]:
+        undefined = [
+            r.case
+            for r in results
+            if r.structure in structures and r.status == STATUS_PRESENT and math.isnan(getattr(r, metric))
+        ]
+        if undefined:
+            raise UserError(
+                f"{path}: {len(undefined)} present structure(s) have no {metric} (evaluated without distances), "
+                f"e.g. {', '.join(undefined[:5])}; evaluate with distances or leave {metric} out of --metrics"
+            )
+
+
 def case_sets(results: list[StructureResult], structures: list[str]) -> dict[str, set[str]]:
     return {structure: {r.case for r in results if r.structure == structure} for structure in structures}
 
@@ -268,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                 missing = set(structures) - {r.structure for r in results}
                 if missing:
                     raise UserError(f"{path}: no rows for {sorted(missing)} (run {name})")
+                check_distances(path, results, structures, args.metrics)
         unpaired = unpaired_cases(runs, paths, args.reference, structures)
         if unpaired and not args.allow_unpaired:
             raise UserError(

@@ -626,6 +626,39 @@ def render_config(sections: dict[str, NotedMapping], parts: tuple[str, ...], mer
     return config
 
 
+TRAINED_SETTINGS = "trained_settings"  # evaluate.yaml's reader of the settings stored with models/model.pt
+
+
+def with_trained_settings(evaluate: NotedMapping, train: NotedMapping) -> NotedMapping:
+    """``evaluate`` reading from ``models/model.pt`` every network setting that train.yaml sets to a value of its own.
+
+    For each ``network_settings`` entry ``'@key'`` whose ``key`` train.yaml gives as a value (not an expression or
+    a reference: those read the data set, e.g. the datalist's classes, which the weights must then agree with)
+    and that ``evaluate`` does not set itself, ``evaluate`` gets ``key: $@trained_settings['key']`` and train.yaml's
+    value as the default of its ``trained_settings`` (used only while there is no weights file), so that an
+    evaluation takes the trained network's filters, patch size and grid without retyping them, as inference does.
+    Nothing changes when ``evaluate`` holds no ``trained_settings`` component.
+    """
+    reader = evaluate.get(TRAINED_SETTINGS)
+    if not isinstance(reader, dict):
+        return evaluate
+    keys: list[str] = []
+    for reference in dict(train.get("network_settings") or {}).values():
+        if not (isinstance(reference, str) and reference.startswith("@") and reference[1:] in train):
+            continue
+        key, value = reference[1:], train[reference[1:]]
+        if (isinstance(value, str) and value.startswith(("$", "@", "%"))) or key in evaluate or key in keys:
+            continue
+        keys.append(key)
+    result = copy.deepcopy(evaluate)
+    defaults = NotedMapping({**dict(reader.get("defaults") or {}), **{key: copy.deepcopy(train[key]) for key in keys}})
+    result[TRAINED_SETTINGS]["defaults"] = defaults
+    for key in keys:
+        result[key] = f"$@{TRAINED_SETTINGS}['{key}']"
+        result.notes[key] = Note(inline="the trained network's (models/model.pt)")
+    return result
+
+
 def _check_merge_keys(value: Any, where: str, top_level_allowed: bool) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
@@ -691,6 +724,8 @@ def bundle_files(spec_path: Path) -> tuple[dict[str, str], dict[str, str]]:
     for relative, (parts, merged_at_run_time, usage) in CONFIG_FILES.items():
         try:
             config = render_config(sections, parts, merged_at_run_time)
+            if relative == "configs/evaluate.yaml":
+                config = with_trained_settings(config, render_config(sections, ("shared", "train"), False))
             files[relative] = dump_yaml(config, header=" \\\n".join(usage))
         except SpecError as error:
             raise SpecError(f"{spec_path}: {relative}: {error}") from error

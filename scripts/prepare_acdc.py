@@ -15,7 +15,9 @@ never merge. Split (``--split``):
 - ``explog`` / ``sadice``: the other papers' protocols (see ``common.data.splits``).
 
 Paths in the datalist are relative to ACDC_DIR. Bad subjects are listed at the end and make the exit status 1; the
-good ones are still written. Subjects without labels (the 2017 test set) are skipped.
+good ones are still written. Subjects without labels (the 2017 test set) are skipped. ``--output`` never replaces a
+file of the release (``Info.cfg``, frames, labels) or a folder, ``--overwrite`` or not, and an earlier datalist only
+with ``--overwrite``; each such refusal is one ``error:`` line with exit status 2.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common.data.acdc import collect_acdc_cases
+from common.data.acdc import acdc_inputs, collect_acdc_cases
 from common.data.datalists import make_datalist
+from common.data.preparation import check_output
 from common.data.splits import Split, add_split_arguments, make_split, parity_split
 from common.data.synthetic_acdc import ACDC_LABELS
+from common.errors import EXIT_USER_ERROR, UserError, install_error_hook
 from common.files import write_json_atomic
 
 ACDC_AUTHORS_PATIENTS = range(1, 101)  # the 2017 training set; the authors split it even/odd
@@ -65,14 +69,12 @@ def print_items(items: dict[str, str], header: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     output = args.output or args.acdc_dir / "datalist.json"
-    if output.exists() and not args.overwrite:
-        print(f"error: {output} already exists; pass --overwrite to replace it", file=sys.stderr)
-        return 2
     try:
+        check_output(output, acdc_inputs(args.acdc_dir), args.overwrite)
         report = collect_acdc_cases(args.acdc_dir, num_classes=len(ACDC_LABELS))
-    except FileNotFoundError as error:
+    except (UserError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     for subject, reason in report.skipped.items():
         print(f"skipped {subject}: {reason}")
     try:
@@ -96,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         slice_axis=Counter(case["slice_axis"] for case in cases).most_common(1)[0][0],
         split=split.record,
     )
-    write_json_atomic(datalist, output, overwrite=args.overwrite)
+    try:
+        write_json_atomic(datalist, output, overwrite=args.overwrite)
+    except (FileExistsError, IsADirectoryError, NotADirectoryError) as error:  # appeared meanwhile
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
     counts = " / ".join(f"{len(section)} {name}" for name, section in split.sections.items())
     subjects = {case["subject"] for case in cases}
     print(f"wrote {output}: {counts} frames from {len(subjects)} subjects ({split.record['protocol']} split)")
@@ -107,4 +113,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    install_error_hook()  # anything unexpected still ends with its cause as the last line
     sys.exit(main())

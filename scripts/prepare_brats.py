@@ -12,6 +12,10 @@ by grade), ``explog`` or ``sadice`` (see ``common.data.splits``). Each entry's i
 in the order t1, t1ce, t2, flair, relative to BRATS_DIR. Labels stay 0/1/2/4 on disk; the datalist records the
 mapping to training indices 0..3 (4 -> 3) and its inverse for writing predictions back. Bad subjects are listed
 at the end and make the exit status 1; the good ones are still written.
+``--labels LABEL,...`` keeps those labels as classes and ``--merge NAME=LABEL,...`` merges labels into one class
+(values or names; both repeat and combine): every label that neither names becomes background, also with
+``--merge`` alone, and the script prints those labels. ``--output`` never replaces a file of the release or a
+folder, ``--overwrite`` or not, and an earlier datalist only with ``--overwrite`` (one ``error:`` line, exit 2).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import sys
 
 from common.data.preparation import prepare_release_cli
 from common.data.releases import BRATS
+from common.errors import install_error_hook
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,4 +32,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    install_error_hook()  # anything unexpected still ends with its cause as the last line
     sys.exit(main())

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import runpy
 from pathlib import Path
 
@@ -19,6 +20,7 @@ def rows(dice: list[float], hd: list[float], structure: str = "class_1") -> list
     results = []
     for index, (d, h) in enumerate(zip(dice, hd, strict=True)):
         status = STATUS_ABSENT if math.isnan(d) else STATUS_MISSED if math.isinf(h) else STATUS_PRESENT
+        h = math.nan if status == STATUS_ABSENT else h  # as evaluate_case writes an absent structure
         results.append(StructureResult(f"case{index}", structure, "1", status, d, h, h, 10, 10))
     return results
 
@@ -157,3 +159,40 @@ def test_inputs_are_never_outputs_and_never_given_twice(tmp_path, runs, capsys):
     with pytest.raises(SystemExit):
         compare_runs_main([f"--run=A={paths['RRW']}", "--reference", "A", "--permutations", "0"])
     assert "--permutations must be >= 1" in capsys.readouterr().err
+
+
+def write_csv_text(path: Path, lines: list[str]) -> Path:
+    path.write_text("case,structure,labels,status,dice,hd,hd95,gt_voxels,pred_voxels\n" + "".join(lines))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (None, "no rows"),
+        ("case0,class_1,1,present,1.5,2.0,2.0,10,10\n", r"line 2: Dice 1.5 of a present structure is outside \[0, 1\]"),
+        ("case0,class_1,1,present,nan,2.0,2.0,10,10\n", "outside"),
+        ("case0,class_1,1,present,0.8,-1,2.0,10,10\n", "must be >= 0"),
+        ("case0,class_1,1,absent,0.5,nan,nan,0,0\n", "an absent structure has no Dice"),
+        ("case0,class_1,1,missed,0.2,inf,inf,10,0\n", "a missed structure has Dice 0"),
+        ("case0,class_1,1,lost,0.2,inf,inf,10,0\n", "is not one of"),
+    ],
+)
+def test_values_no_evaluation_writes_are_refused_with_the_file_and_line(tmp_path, capsys, line, message):
+    good = tmp_path / "good.csv"
+    write_results_csv(rows([0.8, 0.7], [2.0, 3.0]), good)
+    bad = write_csv_text(tmp_path / "bad.csv", [] if line is None else [line])
+    assert compare_runs_main(["--run", f"A={good}", "--run", f"B={bad}", "--reference", "A"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: {bad}") and re.search(message, error)
+
+
+def test_present_structures_without_distances_are_refused_not_dropped_from_the_mean(tmp_path, capsys):
+    good = tmp_path / "good.csv"
+    write_results_csv(rows([0.8, 0.7], [2.0, 3.0]), good)
+    lines = ["case0,class_1,1,present,0.8,2.0,2.0,10,10\n", "case1,class_1,1,present,0.7,nan,nan,10,10\n"]
+    without = write_csv_text(tmp_path / "without.csv", lines)
+    arguments = ["--run", f"A={good}", "--run", f"B={without}", "--reference", "A"]
+    assert compare_runs_main(arguments) == 2
+    assert "1 present structure(s) have no hd" in capsys.readouterr().err
+    assert compare_runs_main([*arguments, "--metrics", "dice"]) == 0  # Dice alone is defined for every case

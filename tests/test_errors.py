@@ -197,8 +197,8 @@ def test_bundle_runs_end_with_the_cause_of_a_user_error(tmp_path):
 
     assert existing_status == EXIT_USER_ERROR
     assert existing_err.splitlines()[-1] == (
-        f"error: {models / 'checkpoint.pt'}: already exists from an earlier run; pass --overwrite to replace it or "
-        "choose another output location"
+        f"error: {models / 'checkpoint.pt'}: already exists from an earlier run; continue that run with --resume True, "
+        "start it over with --overwrite True, or train (e.g. on another data set) in another --bundle_root"
     )
     assert "Traceback" not in existing_err
     assert (models / "checkpoint.pt").read_bytes() == b"earlier training state"

@@ -184,9 +184,16 @@ def test_active_contour_map_is_one_minus_onehot():
     label = blobs((9, 11, 5), 4, seed=1)
     expected = 1.0 - np.eye(4)[label].transpose(3, 0, 1, 2)
     np.testing.assert_array_equal(active_contour_map(label, 4), expected)
-    compact = active_contour_map(label, 4, compact=True)
-    assert compact.shape == label.shape and compact.dtype == np.float32
-    np.testing.assert_array_equal(compact, own_class_values(expected, label))
+    # its own-class value is 0 everywhere, which a compact map reserves for padding: no compact form
+    with pytest.raises(ValueError, match="no compact form"):
+        active_contour_map(label, 4, compact=True)
+
+
+def test_compact_rrw_values_are_never_zero_so_zero_can_mark_padding():
+    for seed, shape in [(0, (9, 11, 5)), (1, (12, 12)), (2, (1, 7))]:
+        compact = rrw_map(blobs(shape, 3, seed=seed), 3, compact=True)
+        assert (compact < 0).all() and (compact >= -1).all()
+    assert (rrw_map(np.zeros((4, 5), int), 2, compact=True) == -1).all()  # one class fills the image
 
 
 def test_maps_accept_whole_float_and_bool_labels():

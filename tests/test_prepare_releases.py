@@ -282,7 +282,7 @@ def test_an_existing_datalist_is_kept_without_overwrite(name, releases, tmp_path
     output = tmp_path / "datalist.json"
     output.write_text("{}")
     assert run_prepare(name, releases[name], "--output", output) == 2
-    assert f"{output} already exists; pass --overwrite" in capsys.readouterr().err
+    assert f"error: {output}: already exists from an earlier run; pass --overwrite" in capsys.readouterr().err
     assert output.read_text() == "{}"
     assert run_prepare(name, releases[name], "--output", output, "--overwrite", "--split", "random") == 0
     assert json.loads(output.read_text())["numTraining"] == 2

@@ -50,6 +50,15 @@ def find_acdc_subjects(root: str | os.PathLike) -> list[Path]:
     return sorted(subjects, key=lambda folder: (folder.name, folder.as_posix()))
 
 
+def acdc_inputs(root: str | os.PathLike) -> list[Path]:
+    """Every file of the ``patientNNN`` folders under ``root`` (``Info.cfg``, frames, labels): the preparation's inputs.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+    """
+    return [path for subject in find_acdc_subjects(root) for path in sorted(subject.iterdir()) if path.is_file()]
+
+
 def acdc_subject_cases(subject_dir: Path, root: Path, num_classes: int = 4) -> list[dict[str, Any]]:
     """Describe the labelled ED and ES frames of one ACDC subject as datalist entries.
 

@@ -3,18 +3,29 @@
 Datalists follow MONAI's decathlon format (``{"training": [...], "validation": [...]}`` with paths relative to
 the data set folder); bundles load them with :func:`load_datalist`, which resolves only the ``image`` and ``label``
 paths (MONAI's ``load_decathlon_datalist`` also rewrites any other string that happens to name a file or folder
-under the data set folder, such as ``"subject": "case_00000"`` or ``"group": "HGG"``).
+under the data set folder, such as ``"subject": "case_00000"`` or ``"group": "HGG"``). Reading a section checks what
+training would otherwise get wrong quietly or report unclearly: an empty section is refused naming the datalist
+(instead of the DataLoader's ``num_samples=0``), a NIfTI header that claims more data than its file holds is
+refused before anything is allocated, and a case listed twice, or in both training and validation, is warned
+about. Class names (:func:`check_class_names`) must suit the Markdown and CSV tables they end up in.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import unicodedata
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from common.data.nifti import UnreadableVolumeError, load_nifti
+from common.errors import UserError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 @dataclass
@@ -40,6 +51,116 @@ def make_datalist(
     return {**metadata, **counts, **sections}
 
 
+def check_class_names(names: Sequence[str], source: str) -> None:
+    """Refuse class names that would break the result tables or be ambiguous.
+
+    Names end up in Markdown tables (where ``|`` starts a new cell and a line break a new row), CSV files and
+    ``--labels NAME`` selections (case-insensitive), so each must be a non-empty string without ``|`` or control
+    characters, and no two may be equal ignoring case.
+
+    Args:
+        names: every class name, background included.
+        source: where the names come from (a file, an option), for the message.
+
+    Raises:
+        UserError: naming the source, the bad name and the fix.
+    """
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise UserError(f"{source}: class name {name!r} is not a non-empty text; give every class a name")
+        bad = sorted({repr(char) for char in name if char == "|" or unicodedata.category(char).startswith("C")})
+        if bad:
+            raise UserError(
+                f"{source}: class name {name!r} holds {', '.join(bad)}, which break the result tables; rename it "
+                "(no '|', line breaks or other control characters)"
+            )
+    seen: dict[str, str] = {}
+    for name in names:
+        if name.strip().lower() in seen:
+            raise UserError(
+                f"{source}: two classes are named {seen[name.strip().lower()]!r} and {name!r}; class names must "
+                "differ (merge the labels into one class with --merge NAME=L1,L2, or rename one)"
+            )
+        seen[name.strip().lower()] = name
+
+
+def _case_key(entry: dict[str, Any]) -> str | None:
+    image = entry.get("image")
+    if isinstance(image, list):
+        return "|".join(map(str, image))
+    return str(image) if isinstance(image, str) else None
+
+
+def _case_name(entry: dict[str, Any]) -> str:
+    return str(entry.get("subject") or entry.get("image"))
+
+
+def warn_repeated_cases(content: dict[str, Any], path: Path) -> list[str]:
+    """Print one warning line per case listed twice in ``training`` or in both ``training`` and ``validation``.
+
+    A repeated case weighs twice in training; one in both sections makes the validation score a fit check, not a
+    held-out score. Cases are compared by image path and, across the sections, also by ``subject``.
+
+    Args:
+        content: the datalist.
+        path: its file, for the messages.
+
+    Returns:
+        The warning lines (also printed on stderr).
+    """
+    sections = {key: content.get(key) for key in ("training", "validation")}
+    training, validation = (
+        [entry for entry in section if isinstance(entry, dict)] if isinstance(section, list) else []
+        for section in sections.values()
+    )
+    lines = []
+    counts: dict[str, int] = {}
+    for entry in training:
+        key = _case_key(entry)
+        if key is not None:
+            counts[key] = counts.get(key, 0) + 1
+            if counts[key] == 2:
+                lines.append(f"warning: {path}: case {_case_name(entry)} is listed more than once in 'training'")
+    training_images = {_case_key(entry) for entry in training} - {None}
+    training_subjects = {entry.get("subject") for entry in training} - {None}
+    both = [
+        entry
+        for entry in validation
+        if _case_key(entry) in training_images or (entry.get("subject") in training_subjects)
+    ]
+    for name in dict.fromkeys(_case_name(entry) for entry in both):
+        lines.append(
+            f"warning: {path}: case {name} is in both 'training' and 'validation'; the validation score is not a "
+            "held-out score (prepare the datalist again with scripts/prepare_*.py)"
+        )
+    for line in lines:
+        print(line, file=sys.stderr)
+    return lines
+
+
+def check_headers(entries: Sequence[dict[str, Any]], path_keys: Sequence[str]) -> None:
+    """Open the header of every existing NIfTI file of ``entries`` (absolute paths) through the project's opener.
+
+    Only a header claiming more voxel data than its file holds is refused here, before a data loader allocates
+    it; other problems are left to the loaders and checks, which name the file too.
+
+    Raises:
+        UnreadableVolumeError: naming the file.
+    """
+    for entry in entries:
+        for field_name in path_keys:
+            value = entry.get(field_name)
+            for file in value if isinstance(value, list) else [value]:
+                if not isinstance(file, str) or not file.lower().endswith(NIFTI_SUFFIXES) or not os.path.isfile(file):
+                    continue
+                try:
+                    load_nifti(file)
+                except UnreadableVolumeError:
+                    raise
+                except Exception:  # noqa: S112 - reported by name when the case is loaded and checked
+                    continue
+
+
 def _read_datalist(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: datalist not found; write it with the scripts/prepare_*.py of the data set")
@@ -57,6 +178,7 @@ def load_datalist(
     key: str = "training",
     base_dir: str | os.PathLike | None = None,
     path_keys: Sequence[str] = ("image", "label"),
+    check_files: bool = True,
 ) -> list[dict[str, Any]]:
     """Read one section of a decathlon-style datalist, resolving only the file fields against ``base_dir``.
 
@@ -64,7 +186,8 @@ def load_datalist(
     extra fields (``subject``, ``shape``, ``spacing``, ...) are optional. A datalist without cases in
     ``validation`` (a plain ``dataset.json``, or one prepared with ``--validation-fraction 0``) gives the
     ``training`` cases for that section, with a warning: training then validates on its own cases, which checks
-    the fit, not generalisation.
+    the fit, not generalisation. Reading ``training`` warns, one line per case, about a case listed twice or in
+    both ``training`` and ``validation``.
 
     Args:
         path: the datalist JSON file.
@@ -72,12 +195,15 @@ def load_datalist(
         base_dir: folder that relative paths start from (default: the datalist's folder).
         path_keys: entry fields holding a path or a list of paths (e.g. one per modality); other fields are kept
             as they are.
+        check_files: open the header of every NIfTI file (see :func:`check_headers`).
 
     Returns:
         The entries, with absolute paths in ``path_keys``.
 
     Raises:
         FileNotFoundError: the datalist does not exist.
+        UserError: the section holds no case (nothing to train on or to score); names the datalist and the fix.
+        UnreadableVolumeError: a NIfTI header claims more data than its file holds (names the file).
         ValueError: the file is not valid JSON, lacks the section, or an entry is malformed (the message names the
             file and the entry).
     """
@@ -92,6 +218,14 @@ def load_datalist(
         key = "training"
     if not isinstance(content.get(key), list):
         raise ValueError(f"{path}: no '{key}' list of entries")
+    if not content[key]:
+        raise UserError(
+            f"{path}: no cases in '{key}', nothing to "
+            f"{'train on' if key == 'training' else 'score'}; prepare the datalist again with scripts/prepare_*.py "
+            "(its output lists the cases that failed the checks) or give another --dataset_dir"
+        )
+    if key == "training":
+        warn_repeated_cases(content, path)
     root = Path(base_dir) if base_dir is not None else path.parent
 
     def resolve(value: Any, index: int, field_name: str) -> str:
@@ -113,6 +247,8 @@ def load_datalist(
                     else resolve(value, index, field_name)
                 )
         entries.append(entry)
+    if check_files:
+        check_headers(entries, path_keys)
     return entries
 
 
@@ -125,9 +261,12 @@ def _label_values(content: dict[str, Any], path: Path) -> list[int]:
             "datalist with scripts/prepare_*.py or add it"
         )
     try:
-        return sorted(int(value) for value in labels)
+        values = sorted(int(value) for value in labels)
     except ValueError as error:
         raise ValueError(f"{path}: 'labels' keys must be integers written as strings ({error})") from error
+    if len(set(values)) != len(values):
+        raise UserError(f"{path}: 'labels' names one value twice ({sorted(labels)}); keep one key per value")
+    return values
 
 
 def _identity_mapping(content: dict[str, Any], path: Path) -> dict[str, list[int]]:
@@ -168,9 +307,15 @@ def read_datalist_field(path: str | os.PathLike, field_name: str, default: Any =
         return default  # building a pipeline needs no data; reading the cases reports the missing datalist
     content = _read_datalist(path)
     if field_name in content:
-        return content[field_name]
-    if field_name in DERIVED_FIELDS and "labels" in content:
-        return DERIVED_FIELDS[field_name](content, path)
+        value = content[field_name]
+    elif field_name in DERIVED_FIELDS and "labels" in content:
+        value = DERIVED_FIELDS[field_name](content, path)
+    else:
+        value = _MISSING
+    if value is not _MISSING:
+        if field_name == "class_names" and isinstance(value, list):
+            check_class_names(value, f"{path} class names")
+        return value
     if default is not _MISSING:
         return default
     raise KeyError(f"{path}: no '{field_name}' entry; prepare the datalist with scripts/prepare_*.py")

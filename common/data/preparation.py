@@ -5,7 +5,13 @@ case's files, the seeded subject-level split, the label mapping to consecutive t
 datalist write (:func:`prepare_release_cli` backs every ``scripts/prepare_<release>.py`` but ACDC's).
 
 Label values of a release are mapped to ``0 .. num_classes - 1`` in increasing order (BraTS 4 becomes 3), or,
-with ``--labels`` / ``--merge``, to the selected or merged classes (every other value becomes background). The
+with ``--labels`` / ``--merge``, to the selected or merged classes: every value that no ``--labels`` or ``--merge``
+names becomes background (``--merge`` alone keeps only the merged classes), and the script prints which. Every
+value found in a label file must be one of the release's labels (else the case fails, naming the file and the
+value), so the mapping covers every voxel. Class names must suit the result tables and differ
+(:func:`common.data.datalists.check_class_names`); a label name shared by two values must be selected by value. The
+datalist is written only where :func:`check_output` allows: never over a file the preparation reads (the release's
+description, images and labels), never over a folder, and over an earlier datalist only with ``--overwrite``. The
 datalist records the mapping and its inverse as ``orig_labels`` / ``target_labels`` lists, ready for
 ``monai.transforms.MapLabelValued(keys, **datalist["label_mapping"])`` in training and
 ``MapLabelValued(keys, **datalist["inverse_label_mapping"])`` before writing predictions in release values (a
@@ -18,21 +24,58 @@ common one). 2D files are accepted (one-slice cases for the 2D-network bundles).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common.data.datalists import PreparationReport, make_datalist
+from common.data.datalists import PreparationReport, check_class_names, make_datalist
 from common.data.geometry import DEFAULT_SLICE_AXIS, volume_geometry
 from common.data.nifti import load_volume
 from common.data.releases import Release, ReleaseScan
 from common.data.splits import Split, add_split_arguments, make_split
+from common.errors import EXIT_USER_ERROR, OutputExistsError, UserError, ensure_absent
 from common.files import write_json_atomic
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def check_output(output: Path, inputs: Iterable[Path], overwrite: bool) -> None:
+    """Refuse a datalist output that would replace an input, a folder, or (without ``overwrite``) an earlier file.
+
+    No option may write over a file the preparation reads, with ``--overwrite`` or not: the output is compared
+    with every input after resolving links and ``..``, and as the same file (a hard link). A NIfTI name is refused
+    too: a datalist is JSON, and such a name is an image or label of the data set.
+
+    Args:
+        output: the datalist file to write.
+        inputs: every file the preparation reads (description, images, labels).
+        overwrite: whether an earlier datalist may be replaced.
+
+    Raises:
+        UserError: the output is an input, has a NIfTI name or lies below a file (names it and the fix).
+        OutputExistsError: the output is a folder, or exists and ``overwrite`` is False.
+    """
+    target = os.path.realpath(output)
+    for path in inputs:
+        if os.path.realpath(path) == target or (output.exists() and path.exists() and os.path.samefile(path, output)):
+            raise UserError(
+                f"{output}: is an input of the preparation ({path}); it is never replaced, --overwrite or not: give "
+                "--output another file (default: datalist.json in the data folder)"
+            )
+    if output.name.lower().endswith(NIFTI_SUFFIXES):
+        raise UserError(f"{output}: a NIfTI name; the datalist is JSON: give --output a .json file name")
+    parent = output.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{output}: {parent} is a file, not a folder; give --output a path in a folder")
+    ensure_absent(output, overwrite=overwrite)
 
 
 def check_case_files(
@@ -132,13 +175,18 @@ class ClassPlan:
 
 
 def _label_value(token: str, labels: dict[int, str], source: str) -> int:
-    """A release label given by value (``"7"``) or by name (``"aorta"``, case-insensitive)."""
+    """A release label given by value (``"7"``) or by name (``"aorta"``, case-insensitive, and only one label's)."""
     token = token.strip()
     if token.lstrip("-").isdigit() and int(token) in labels:
         return int(token)
-    matches = [value for value, name in labels.items() if name.lower() == token.lower()]
+    matches = sorted(value for value, name in labels.items() if name.strip().lower() == token.lower())
     if not matches:
         raise ValueError(f"{source}: no label {token!r} (give a value or a name of its 'labels')")
+    if len(matches) > 1:
+        raise ValueError(
+            f"{source}: label name {token!r} is ambiguous: values {matches} are all named so; give the value "
+            f'(e.g. --labels {matches[0]}), or merge them with --merge "{token}={",".join(map(str, matches))}"'
+        )
     return matches[0]
 
 
@@ -157,11 +205,15 @@ def plan_classes(
         The plan; without ``keep`` and ``merge`` every release value is its own class, in increasing order.
 
     Raises:
-        ValueError: an unknown label, a label used twice, the background selected, or a malformed group.
+        ValueError: an unknown or ambiguous label, a label used twice, the background selected, or a malformed group.
+        UserError: class names that would break the result tables or are given twice
+            (:func:`common.data.datalists.check_class_names`).
     """
     background = min(labels)
     if not keep and not merge:
-        return ClassPlan([labels[value] for value in sorted(labels)], [[value] for value in sorted(labels)])
+        plan = ClassPlan([labels[value] for value in sorted(labels)], [[value] for value in sorted(labels)])
+        check_class_names(plan.names, f"{source} (select or merge labels with --labels/--merge to rename)")
+        return plan
     names, groups = [labels[background]], [[background]]
     for token in keep:
         value = _label_value(token, labels, source)
@@ -181,7 +233,17 @@ def plan_classes(
             "can join one class only"
         )
     groups[0] += sorted(set(labels) - set(used) - {background})
+    check_class_names(names, f"{source} with --labels/--merge")
     return ClassPlan(names, groups)
+
+
+def background_note(plan: ClassPlan, labels: dict[int, str]) -> str | None:
+    """The line saying which release labels a selection turns into background, or None when there are none."""
+    dropped = plan.values[0][1:]
+    if not dropped:
+        return None
+    listed = ", ".join(f"{value} {labels[value]}" for value in dropped)
+    return f"background also takes labels {listed} (named by neither --labels nor --merge)"
 
 
 def release_datalist(scan: ReleaseScan, split: Split, plan: ClassPlan) -> dict[str, Any]:
@@ -240,7 +302,8 @@ def prepare_release_cli(release: Release, argv: Sequence[str] | None = None, des
 
     Returns:
         The exit status: 0 on success, 1 when the datalist was written but some cases failed, 2 when nothing was
-        written (existing datalist without ``--overwrite``, unusable folder or options, too few usable subjects).
+        written (an output that is an input of the release or a folder, an existing datalist without
+        ``--overwrite``, unusable folder, options or class names, too few usable subjects).
     """
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_dir", type=Path, help=release.folder_help)
@@ -251,32 +314,32 @@ def prepare_release_cli(release: Release, argv: Sequence[str] | None = None, des
         action="append",
         default=[],
         metavar="LABEL[,LABEL...]",
-        help="keep only these labels (values or names), one class each; all others become background (repeatable)",
+        help="keep only these labels (values or names), one class each; every label named by neither --labels "
+        "nor --merge becomes background (repeatable)",
     )
     parser.add_argument(
         "--merge",
         action="append",
         default=[],
         metavar="NAME=LABEL,LABEL...",
-        help="merge these labels (values or names) into one class NAME; with --labels, or alone (repeatable)",
+        help="merge these labels (values or names) into one class NAME; with --labels, or alone: then only the "
+        "merged classes are kept and every other label becomes background (repeatable)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing datalist")
     args = parser.parse_args(argv)
     if not 0.0 <= args.validation_fraction < 1.0:
         parser.error(f"--validation-fraction must lie in [0, 1), got {args.validation_fraction}")
     output = args.output or args.data_dir / "datalist.json"
-    if output.exists() and not args.overwrite:
-        print(f"error: {output} already exists; pass --overwrite to replace it", file=sys.stderr)
-        return 2
     try:
         if not args.data_dir.is_dir():
             raise FileNotFoundError(f"{args.data_dir}: not a folder")
         scan = release.scan(args.data_dir)
+        check_output(output, scan.inputs(args.data_dir), args.overwrite)
         keep = [token for tokens in args.labels for token in tokens.split(",")]
         plan = plan_classes(scan.labels, keep, args.merge, source=f"{args.data_dir} labels")
-    except (FileNotFoundError, ValueError) as error:
+    except (UserError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     report = collect_release_cases(scan, args.data_dir)
     for item, reason in report.skipped.items():
         print(f"skipped {item}: {reason}")
@@ -290,11 +353,18 @@ def prepare_release_cli(release: Release, argv: Sequence[str] | None = None, des
     for item, reason in split.left_out.items():
         print(f"left out {item}: {reason}")
     datalist = release_datalist(scan, split, plan)
-    write_json_atomic(datalist, output, overwrite=args.overwrite)
+    try:
+        write_json_atomic(datalist, output, overwrite=args.overwrite)
+    except (OutputExistsError, FileExistsError, IsADirectoryError, NotADirectoryError) as error:  # appeared meanwhile
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
     counts = " / ".join(f"{len(cases)} {section}" for section, cases in split.sections.items())
     subjects = {case["subject"] for section in split.sections.values() for case in section}
     print(f"wrote {output}: {counts} cases from {len(subjects)} {release.name} subjects ({split.record['protocol']})")
     print(f"classes: {', '.join(f'{index} {name}' for index, name in enumerate(plan.names))}")
+    note = background_note(plan, scan.labels)
+    if note:
+        print(note)
     print(f"slice axis (RAS, coarsest spacing): {datalist['slice_axis']}")
     other_axes = {
         case["subject"]: f"coarsest axis {case['slice_axis']} differs from the data set's {datalist['slice_axis']}"

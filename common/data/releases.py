@@ -82,6 +82,8 @@ class ReleaseScan:
         cases: the labelled cases to check.
         skipped: item -> why it is deliberately left out (e.g. unlabelled test cases).
         failures: item -> why it could not even be described (e.g. a malformed ``dataset.json`` entry).
+        sources: other files the preparation reads (e.g. ``dataset.json``), relative to the release folder; with
+            the cases' images and labels they are the release's inputs, which no output may replace.
     """
 
     name: str
@@ -91,6 +93,12 @@ class ReleaseScan:
     cases: list[ReleaseCase]
     skipped: dict[str, str] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    sources: tuple[Path, ...] = ()
+
+    def inputs(self, root: Path) -> list[Path]:
+        """Every file of the release that the preparation reads (sources, images, labels), under ``root``."""
+        relative = [*self.sources, *(path for case in self.cases for path in (*case.images, case.label))]
+        return [root / path for path in relative]
 
 
 @dataclass(frozen=True)
@@ -186,13 +194,24 @@ def scan_kits19(root: Path) -> ReleaseScan:
 
 
 def _integer_keyed(mapping: Any, key: str, path: Path) -> dict[int, str]:
-    """Parse a ``dataset.json`` entry such as ``{"0": "background", "1": "liver"}`` into ``{0: ..., 1: ...}``."""
+    """Parse a ``dataset.json`` entry such as ``{"0": "background", "1": "liver"}`` into ``{0: ..., 1: ...}``.
+
+    Raises:
+        ValueError: not such an object, a key that is not an integer, two keys for one value (``"1"`` and
+            ``"01"``), or a name that is not a string.
+    """
     if not isinstance(mapping, dict) or not mapping:
         raise ValueError(f'{path}: \'{key}\' must be a non-empty object such as {{"0": "..."}}')
     try:
-        return {int(value): str(name) for value, name in mapping.items()}
+        parsed = {int(value): name for value, name in mapping.items()}
     except ValueError as error:
         raise ValueError(f"{path}: '{key}' keys must be integers written as strings ({error})") from error
+    if len(parsed) != len(mapping):
+        raise ValueError(f"{path}: '{key}' names one value twice ({sorted(mapping)}); keep one key per value")
+    not_text = {value: name for value, name in parsed.items() if not isinstance(name, str)}
+    if not_text:
+        raise ValueError(f"{path}: '{key}' names must be strings, got {not_text}")
+    return parsed
 
 
 def read_msd_description(path: Path) -> dict[str, Any]:
@@ -256,6 +275,7 @@ def scan_msd(root: Path) -> ReleaseScan:
     modality = _integer_keyed(description["modality"], "modality", description_path)
     modalities = tuple(modality[index] for index in sorted(modality))
     scan = ReleaseScan(str(description.get("name", root.name)), labels, modalities, len(modalities), [])
+    scan.sources = (Path(description_path.name),)
     pairs: list[tuple[Path, Path]] = []
     first_entry: dict[Path, int] = {}
     for index, entry in enumerate(description["training"]):

@@ -15,8 +15,12 @@ Protocols (``--split`` of ``scripts/prepare_*.py``, see :func:`add_split_argumen
   single-case folder).
 - ``explog``: the exponential logarithmic loss paper: 70/30 train/test (the 30 % as ``validation``, the scored
   section), shuffle ``--shuffle K`` of 5 (``K = 0 .. 4``; seeded by ``--seed`` and ``K``): one datalist per shuffle.
-- ``sadice``: the SA Dice paper: a seeded 90/10 split into cross-validation and ``test`` subjects, then fold
-  ``--fold F`` of ``--folds`` (default 5) of the 90 % as ``validation``, the rest as ``training``.
+- ``sadice``: the SA Dice paper's proportions: "90/10 split with cross-validation" (246 training, 28 test subjects
+  of BraTS 2017): by default ``--folds 10`` seeded folds of all subjects, fold ``--fold F`` (10 %) as ``validation``
+  (the scored, held-out section; it also paces the plateau learning rate, the paper's validation loss) and the other
+  90 % as ``training``. ``--test-fraction T`` first holds out a seeded ``T`` of the subjects as ``test`` and cuts
+  the folds inside the rest (training then has ``(1 - T) (1 - 1 / folds)`` of the subjects, fewer than the
+  paper's 90 %).
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ Case = dict[str, Any]
 SPLITS = ("authors", "random", "explog", "sadice")
 EXPLOG_TEST_FRACTION = 0.3
 EXPLOG_SHUFFLES = 5
-SADICE_TEST_FRACTION = 0.1
+SADICE_TEST_FRACTION = 0.1  # holdout_folds' default; the sadice protocol's default is SADICE_PAPER_TEST_FRACTION
 SADICE_FOLDS = 5
+SADICE_PAPER_FOLDS = 10  # the paper's 90/10: each fold is 10 % of the subjects
+SADICE_PAPER_TEST_FRACTION = 0.0  # no separate test section: the held-out 10 % is the validation fold
 
 
 @dataclass
@@ -155,6 +161,9 @@ def holdout_folds(
 ) -> tuple[list[Case], list[Case], list[Case]]:
     """A seeded ``test_fraction`` of the subjects as test, the rest cut into ``folds`` cross-validation folds.
 
+    ``test_fraction=0`` gives no test section: the folds cover all subjects (the SA Dice paper's 90/10 with
+    ``folds=10``).
+
     The same ``seed`` gives the same test subjects and folds for every ``fold``, so that the folds are disjoint and
     together cover the non-test subjects.
 
@@ -167,11 +176,13 @@ def holdout_folds(
     if not 0 <= fold < folds:
         raise ValueError(f"fold must lie in [0, {folds}), got {fold}")
     subjects = _subjects(cases, subject_key)
-    if len(subjects) < folds + 1:
-        raise ValueError(f"{len(subjects)} subject(s) cannot make a test set and {folds} folds")
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must lie in [0, 1), got {test_fraction}")
+    if len(subjects) < folds + (test_fraction > 0):
+        raise ValueError(f"{len(subjects)} subject(s) cannot make a test set of {test_fraction} and {folds} folds")
     rng = np.random.default_rng(seed)
     rng.shuffle(subjects)
-    test_count = max(1, round(len(subjects) * test_fraction))
+    test_count = max(1, round(len(subjects) * test_fraction)) if test_fraction > 0 else 0
     test, pool = set(subjects[:test_count]), subjects[test_count:]
     validation = set(pool[fold::folds])
     training = set(pool) - validation
@@ -183,13 +194,17 @@ def holdout_folds(
 
 
 def add_split_arguments(parser: argparse.ArgumentParser, default: str = "authors") -> None:
-    """Add ``--split``, ``--seed``, ``--validation-fraction``, ``--shuffle``, ``--fold`` and ``--folds``."""
+    """Add the split options: ``--split``, ``--seed``, ``--validation-fraction``, ``--shuffle``, ``--fold``, etc.
+
+    ``--folds`` and ``--test-fraction`` choose the sadice folds and its optional held-out test section.
+    """
     group = parser.add_argument_group(
         "split",
         "authors: the RW paper's even/odd split (default where the release has one); random: seeded, "
         "--validation-fraction of the subjects (0: train-only); explog: 70/30 training/validation (the scored 30 %), "
-        f"shuffle --shuffle K of {EXPLOG_SHUFFLES} (the exp-log paper); sadice: 90/10 cross-validation/test, "
-        "fold --fold F of --folds as validation (the SA Dice paper). Subjects never straddle sections.",
+        f"shuffle --shuffle K of {EXPLOG_SHUFFLES} (the exp-log paper); sadice: the SA Dice paper's 90/10 with "
+        f"cross-validation, fold --fold F of --folds (default {SADICE_PAPER_FOLDS}) as validation, optionally a "
+        "--test-fraction held out first. Subjects never straddle sections.",
     )
     group.add_argument("--split", choices=SPLITS, default=default, help=f"protocol (default {default})")
     group.add_argument("--seed", type=int, default=0, help="seed of random, explog and sadice (default 0)")
@@ -198,7 +213,15 @@ def add_split_arguments(parser: argparse.ArgumentParser, default: str = "authors
     )
     group.add_argument("--shuffle", type=int, default=0, help=f"explog: shuffle 0..{EXPLOG_SHUFFLES - 1} (default 0)")
     group.add_argument("--fold", type=int, default=0, help="sadice: validation fold (default 0)")
-    group.add_argument("--folds", type=int, default=SADICE_FOLDS, help=f"sadice: folds (default {SADICE_FOLDS})")
+    group.add_argument(
+        "--folds", type=int, default=SADICE_PAPER_FOLDS, help=f"sadice: folds (default {SADICE_PAPER_FOLDS}: 90/10)"
+    )
+    group.add_argument(
+        "--test-fraction",
+        type=float,
+        default=SADICE_PAPER_TEST_FRACTION,
+        help="sadice: share of subjects held out as test before the folds (default 0: the paper's 90/10)",
+    )
 
 
 def make_split(
@@ -233,6 +256,17 @@ def make_split(
         training, test = random_split(cases, EXPLOG_TEST_FRACTION, (args.seed, args.shuffle), stratify_key=None)
         record = {"protocol": "explog", "seed": args.seed, "shuffle": args.shuffle, "test_fraction": 0.3}
         return Split({"training": training, "validation": test}, record)
-    training, validation, test = holdout_folds(cases, args.fold, args.folds, seed=args.seed)
-    record = {"protocol": "sadice", "seed": args.seed, "fold": args.fold, "folds": args.folds, "test_fraction": 0.1}
-    return Split({"training": training, "validation": validation, "test": test}, record)
+    test_fraction = getattr(args, "test_fraction", SADICE_PAPER_TEST_FRACTION)
+    folds = getattr(args, "folds", SADICE_PAPER_FOLDS)
+    training, validation, test = holdout_folds(cases, args.fold, folds, test_fraction, seed=args.seed)
+    record = {
+        "protocol": "sadice",
+        "seed": args.seed,
+        "fold": args.fold,
+        "folds": folds,
+        "test_fraction": test_fraction,
+    }
+    sections = {"training": training, "validation": validation}
+    if test_fraction > 0:
+        sections["test"] = test
+    return Split(sections, record)

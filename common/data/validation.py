@@ -5,6 +5,11 @@
 of spatial dimensions (a 2D file for a 3D bundle; 2D files pass with ``allow_2d`` where the network is 2D) or
 channels than the bundle expects, holds NaN or infinite intensities, or when the label is not on the image's grid
 (shape, affine), holds values outside the configured classes or has no foreground voxel.
+:class:`CheckedMapLabelValued` maps a label's data set values to training indices like MONAI's ``MapLabelValued``
+(same arguments) but refuses, naming the file and the values, any value the mapping does not list: MONAI's passes
+such a value through unchanged, so that with labels ``{0, 1, 4}`` (mapped to ``0, 1, 2``) an undeclared 2 would be
+trained as the class of 4. It replaces ``MapLabelValued`` wherever the label comes from a datalist's
+``label_mapping``.
 :func:`validate_datalist` runs the same checks over a whole datalist and reports every bad case at once, so that a
 training can refuse to start with the full list of problems instead of stopping at the first one while caching.
 """
@@ -18,11 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, MapTransform
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, MapLabelValued, MapTransform
 
 from common.maps import check_label
 
-__all__ = ["ValidateSegmentationd", "source_name", "validate_datalist"]
+__all__ = ["CheckedMapLabelValued", "ValidateSegmentationd", "source_name", "validate_datalist"]
 
 
 def source_name(item: Any, key: Hashable) -> str:
@@ -37,6 +42,52 @@ def source_name(item: Any, key: Hashable) -> str:
 def _affine(item: Any) -> np.ndarray | None:
     affine = getattr(item, "affine", None)
     return None if affine is None else np.asarray(torch.as_tensor(affine).detach().cpu(), dtype=float)
+
+
+class CheckedMapLabelValued(MapLabelValued):
+    """MONAI's ``MapLabelValued`` that refuses label values its mapping does not list, naming the file and values.
+
+    Args:
+        keys: label keys.
+        orig_labels: every data set value a label may hold (a datalist's ``label_mapping["orig_labels"]``).
+        target_labels: the training index of each (``label_mapping["target_labels"]``).
+        dtype: output type, as for ``MapLabelValued``.
+        allow_missing_keys: skip missing keys.
+        source: where the mapping comes from (the datalist), for the message.
+
+    Raises:
+        ValueError: from ``__call__``: the label holds values outside ``orig_labels`` (names the file, the values
+            and the fix).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        orig_labels: Sequence[int],
+        target_labels: Sequence[int],
+        dtype: Any = np.float32,
+        allow_missing_keys: bool = False,
+        source: str = "the datalist's label_mapping",
+    ) -> None:
+        super().__init__(keys, orig_labels, target_labels, dtype=dtype, allow_missing_keys=allow_missing_keys)
+        self.known = np.asarray(sorted(orig_labels), dtype=float)
+        self.source = source
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Check every label value against the mapping, then map."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            values = np.unique(np.asarray(torch.as_tensor(d[key]).detach().cpu()))
+            unknown = values[~np.isin(values, self.known)]
+            if unknown.size:
+                shown = [int(v) if float(v).is_integer() else float(v) for v in unknown[:10]]
+                raise ValueError(
+                    f"{source_name(d[key], key)}: label value(s) {shown}{' ...' if unknown.size > 10 else ''} are "
+                    f"not among the values {[int(v) for v in self.known]} of {self.source}; they would be trained "
+                    "as another class: fix the label file, or declare the values in the data set's 'labels' and "
+                    "prepare the datalist again (scripts/prepare_*.py)"
+                )
+        return super().__call__(d)
 
 
 class ValidateSegmentationd(MapTransform):
@@ -144,6 +195,7 @@ def validate_datalist(
     allow_empty_foreground: bool = False,
     keys: Sequence[str] = ("image", "label"),
     allow_2d: bool = False,
+    label_mapping: Mapping[str, Sequence[int]] | None = None,
 ) -> list[Mapping[str, Any]]:
     """Check every case of a datalist (absolute paths) and report all bad ones together.
 
@@ -155,6 +207,9 @@ def validate_datalist(
         allow_empty_foreground: accept labels without foreground.
         keys: image and label keys.
         allow_2d: also accept 2D files (the network is 2D).
+        label_mapping: a datalist's ``label_mapping`` (``orig_labels``, ``target_labels``): labels hold data set
+            values, every one of which must be listed (:class:`CheckedMapLabelValued`), and are checked as training
+            indices; None: labels already hold training indices.
 
     Returns:
         The cases, unchanged, when all pass.
@@ -167,6 +222,7 @@ def validate_datalist(
         [
             LoadImaged(list(keys), image_only=True),
             EnsureChannelFirstd(list(keys)),
+            *([CheckedMapLabelValued(keys[1:], **label_mapping)] if label_mapping and len(keys) > 1 else []),
             ValidateSegmentationd(
                 keys, num_classes, in_channels, spatial_dims, allow_empty_foreground, allow_2d=allow_2d
             ),

@@ -7,7 +7,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -22,8 +22,7 @@ from common.evaluation.metrics import (
 )
 from common.files import atomic_output
 
-if TYPE_CHECKING:
-    pass
+STATUSES = (STATUS_PRESENT, STATUS_MISSED, STATUS_FALSE_POSITIVE, STATUS_ABSENT)
 
 
 def _finite_mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -106,10 +105,14 @@ def write_summary_csv(summary: Sequence[Mapping[str, Any]], path: str | os.PathL
 
 
 def read_results_csv(path: str | os.PathLike) -> list[StructureResult]:
-    """Read a CSV written by `write_results_csv`.
+    """Read a CSV written by `write_results_csv`, checking every value against its status.
+
+    A ``present`` structure has a Dice in [0, 1] and a distance >= 0 (or NaN where distances were not computed);
+    ``missed`` and ``false_positive`` have Dice 0 and infinite distances; ``absent`` has NaN everywhere.
 
     Raises:
-        ValueError: naming the file when columns are missing or a value does not parse.
+        ValueError: naming the file (and line) when columns are missing, the file has no rows, or a value does not
+            parse or contradicts its status.
     """
     with open(path, newline="", encoding="utf-8") as stream:
         reader = csv.DictReader(stream)
@@ -119,19 +122,38 @@ def read_results_csv(path: str | os.PathLike) -> list[StructureResult]:
         results = []
         for line, row in enumerate(reader, start=2):
             try:
-                results.append(
-                    StructureResult(
-                        case=row["case"],
-                        structure=row["structure"],
-                        labels=row["labels"],
-                        status=row["status"],
-                        dice=float(row["dice"]),
-                        hd=float(row["hd"]),
-                        hd95=float(row["hd95"]),
-                        gt_voxels=int(row["gt_voxels"]),
-                        pred_voxels=int(row["pred_voxels"]),
-                    )
+                result = StructureResult(
+                    case=row["case"],
+                    structure=row["structure"],
+                    labels=row["labels"],
+                    status=row["status"],
+                    dice=float(row["dice"]),
+                    hd=float(row["hd"]),
+                    hd95=float(row["hd95"]),
+                    gt_voxels=int(row["gt_voxels"]),
+                    pred_voxels=int(row["pred_voxels"]),
                 )
+                _check_result(result)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"{path}, line {line}: {error}") from error
+            results.append(result)
+    if not results:
+        raise ValueError(f"{path}: no rows; an evaluation CSV holds one row per case and structure.")
     return results
+
+
+def _check_result(result: StructureResult) -> None:
+    """Refuse values that no evaluation writes for the row's status (see `read_results_csv`)."""
+    if result.status not in STATUSES:
+        raise ValueError(f"status {result.status!r} is not one of {', '.join(STATUSES)}")
+    distances = (result.hd, result.hd95)
+    if result.status == STATUS_PRESENT:
+        if not 0.0 <= result.dice <= 1.0:
+            raise ValueError(f"Dice {result.dice} of a present structure is outside [0, 1]")
+        if any(math.isinf(value) or value < 0 for value in distances):
+            raise ValueError(f"distances {distances} of a present structure must be >= 0 and finite (or nan)")
+    elif result.status == STATUS_ABSENT:
+        if not all(math.isnan(value) for value in (result.dice, *distances)):
+            raise ValueError(f"an absent structure has no Dice or distance (nan), got {result.dice}, {distances}")
+    elif result.dice != 0.0 or not all(math.isinf(value) for value in distances):
+        raise ValueError(f"a {result.status} structure has Dice 0 and inf distances, got {result.dice}, {distances}")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -300,8 +301,17 @@ def label_weights_from_datalist(
     label_key: str = "label",
     data_list_key: str = "training",
     base_dir: str | os.PathLike | None = None,
+    transform: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
 ) -> list[float]:
     """Compute ``w_l`` (:func:`label_weights_from_frequencies`) from the labels of a training datalist.
+
+    With ``transform`` (the training's deterministic preprocessing, e.g. ``Compose(base_transforms +
+    shape_transforms)``), each item goes through it and the label it returns is counted: the classes are then the
+    training indices after the datalist's ``label_mapping`` (``MapLabelValued``), not the raw values of the files,
+    so non-contiguous values (0/10/20), merged or reordered labels get the weight of the class the network learns,
+    and the counts are on the network's grid. Padding to that grid counts as background, as in the paper, whose
+    label frequencies are those of its 128^3 images (resampled, zero padded, resized: "the background occupied
+    93.5 % of an image"). Without ``transform`` the files' raw values are counted and must already be ``0 .. C - 1``.
 
     Args:
         datalist: an MSD-style datalist JSON file (read with ``monai.data.load_decathlon_datalist``) or a list of
@@ -310,6 +320,7 @@ def label_weights_from_datalist(
         label_key: key of the label path in each item.
         data_list_key: section of the JSON file to read.
         base_dir: directory that relative paths of a JSON datalist start from (default: the file's directory).
+        transform: applied to each item before counting its ``label_key`` (array or tensor of class indices).
 
     Returns:
         The ``C`` weights as floats (ready for ``ExpLogLoss(label_weights=...)`` or a config file).
@@ -327,5 +338,22 @@ def label_weights_from_datalist(
     missing = [index for index, item in enumerate(items) if label_key not in item]
     if missing:
         raise ValueError(f"items {missing} of {source} have no {label_key!r} entry.")
-    counts = label_frequencies([item[label_key] for item in items], num_classes)
+    if transform is None:
+        counts = label_frequencies([item[label_key] for item in items], num_classes)
+    else:
+        counts = np.zeros(num_classes, dtype=np.int64)
+        for item in items:
+            label = transform(dict(item))[label_key]
+            label = np.asarray(label.detach().cpu() if isinstance(label, torch.Tensor) else label)
+            counts += _index_counts(label, num_classes, f"the transformed label of {item[label_key]}")
     return label_weights_from_frequencies(counts).tolist()
+
+
+def _index_counts(label: np.ndarray, num_classes: int, source: str) -> np.ndarray:
+    """Voxel count of each class index ``0 .. C - 1`` in ``label``."""
+    if label.dtype.kind == "f" and not (np.all(np.isfinite(label)) and np.array_equal(label, np.round(label))):
+        raise ValueError(f"{source} holds non-integer values; expected class indices.")
+    label = label.astype(np.int64)
+    if label.size and (label.min() < 0 or label.max() >= num_classes):
+        raise ValueError(f"{source} has values in [{label.min()}, {label.max()}], outside [0, {num_classes - 1}].")
+    return np.bincount(label.ravel(), minlength=num_classes)

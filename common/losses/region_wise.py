@@ -11,6 +11,16 @@ The RW loss is ``mean over batch, classes and voxels of softmax(logits) * Z`` fo
   the weights are a loss argument, since the compact map cannot hold them. Values and gradients equal the dense
   form's; memory and time no longer grow with the class count in the target.
 
+Voxels without a map (padding, ignored voxels). A voxel whose map is 0 in every channel (dense) or whose compact
+value is 0 gives no RW loss, in both forms and whatever its label: ``SpatialPadd``, ``RandRotated``,
+``RandZoomd`` and ``RandAffined`` with zero padding write exactly that (label 0, map 0) outside the image, and a
+pipeline marks a voxel to ignore by setting its map to 0. A real voxel never looks like this: its other-class
+entries are ``+1`` or a positive class weight, and its compact RRW value lies in ``[-1, 0)`` (the active-contour map,
+whose own-class value is 0 at every voxel, has no compact form for that reason). Such voxels still count in the
+voxel mean, as in the dense form. :class:`RWWeightedCrossEntropyLoss` gives them weight ``|z_y| = 0`` in both forms.
+The region terms of :class:`RWCombinedLoss` (Dice, CE) read only the label and therefore see padding as background
+(label 0), identically in both forms, as nnU-Net does with its padded segmentation (-1, set to background).
+
 Build the target in a pipeline with ``monai.transforms.ConcatItemsd(keys=["label", "rw_map"], name="target",
 dim=0)``; a single tensor keeps MONAI's ``SupervisedTrainer`` (``loss(pred, target)``) and ``DeepSupervisionLoss``
 (nearest resizing of the target, which keeps a compact map paired with its label) working.
@@ -167,6 +177,8 @@ class RegionWiseLoss(_Loss):
         ``sum_k p_k z_k = w_y sum_k p_k + p_y (z_y - w_y)``. The sum over classes stays in the graph although it is 1
         after a softmax: its gradient ``w_y`` on every channel gives the softmax backward the dense map's gradient,
         whose true-class component stays negative where ``p_y`` rounds to 1 (``1 - p_y`` would round to 0 there).
+        A compact value of 0 (padding, an ignored voxel) stands for a dense map that is 0 in every channel: the voxel
+        adds 0 (see the module docstring).
         """
         num_classes = probabilities.shape[1]
         label, own = split_compact_target(target, num_classes)
@@ -175,7 +187,8 @@ class RegionWiseLoss(_Loss):
                 f"input {tuple(probabilities.shape)} and compact target {tuple(target.shape)} must have the same "
                 "batch and spatial sizes."
             )
-        others = self._other_class_values(label, num_classes)
+        has_map = own != 0  # real voxels: own value in [-1, 0); 0 only where the map is absent (padding)
+        others = torch.where(has_map, self._other_class_values(label, num_classes), 0.0)
         if self.reduction == LossReduction.NONE.value:
             return self._compact_per_class(probabilities, label, own, others)
         per_voxel = others * probabilities.sum(dim=1, keepdim=True) + probabilities.gather(1, label) * (own - others)
@@ -189,6 +202,7 @@ class RegionWiseLoss(_Loss):
         return per_image.mean() / included
 
     def _other_class_values(self, label: torch.Tensor, num_classes: int) -> torch.Tensor | float:
+        """The other classes' entry at every voxel: ``class_weights[label]``, or 1 without class weights."""
         if self.class_weights is None:
             return 1.0
         if self.class_weights.numel() != num_classes:
@@ -198,12 +212,12 @@ class RegionWiseLoss(_Loss):
         return self.class_weights.to(label.device)[label]
 
     def _compact_per_class(
-        self, probabilities: torch.Tensor, label: torch.Tensor, own: torch.Tensor, others: torch.Tensor | float
+        self, probabilities: torch.Tensor, label: torch.Tensor, own: torch.Tensor, others: torch.Tensor
     ) -> torch.Tensor:
         """Per-image, per-class voxel means ``(B, C', 1, ...)`` for ``reduction="none"``."""
         flat_probabilities = probabilities.flatten(2)
         voxels = flat_probabilities.shape[2]
-        others_flat = others.flatten(2) if isinstance(others, torch.Tensor) else others
+        others_flat = others.flatten(2)
         per_class = (flat_probabilities * others_flat).mean(dim=2)
         own_correction = probabilities.gather(1, label) * (own - others)
         per_class = per_class.scatter_add(1, label.flatten(2)[:, 0], own_correction.flatten(2)[:, 0] / voxels)
@@ -217,7 +231,7 @@ class RWWeightedCrossEntropyLoss(_Loss):
 
     With an RRW map the weight of a voxel of class ``c`` is ``d_in_c(i) / max d_in_c``, in ``(0, 1]``. Only the
     own-class value is used, so a compact map gives the same loss as the dense one (and class weights, which change
-    only the other entries, have no effect).
+    only the other entries, have no effect). Voxels without a map (padding: map 0) get weight 0 in both forms.
 
     Args:
         reduction: ``"mean"`` over batch and voxels, ``"sum"``, or ``"none"`` (shape ``(B, 1, *spatial)``).
@@ -262,7 +276,12 @@ class RWCombinedLoss(_Loss):
     The RW map is whatever the pipeline computed: RW-Boundary (``BoundaryMapd``, dense; the Boundary loss
     baseline) or RRW (``RRWMapd``, dense or compact). The Dice term is MONAI's ``DiceLoss(to_onehot_y=True)`` on
     the softmax (computed once for the Dice and RW terms); the CE term is the voxel-wise mean cross entropy. Both
-    use the label in channel 0 of the target.
+    use the label in channel 0 of the target, so they see padding (label 0, map 0) as background in both forms,
+    while the RW term gives it no loss (see the module docstring).
+
+    The Dice term is the authors' (``rwexp_loss.DiceLoss``: ``1 - mean_{b,c} 2 sum(p y) / (sum(p + y) + 1e-6)``, no
+    smoothing in the numerator, background included): ``smooth_nr=0``, ``smooth_dr=1e-6`` by default, where MONAI's
+    ``DiceLoss`` defaults (``1e-5`` on both) would score a class absent from target and prediction as Dice 1, not 0.
 
     Args:
         region: ``"dice"`` or ``"ce"``.
@@ -273,6 +292,8 @@ class RWCombinedLoss(_Loss):
         reduction: ``"mean"`` or ``"sum"``, applied to both terms.
         compact: the target is ``(B, 2, *spatial)`` = ``[label, compact RRW map]`` instead of ``(B, 1 + C, ...)``.
         class_weights: class weights of a compact RRW map (see :class:`RegionWiseLoss`).
+        smooth_nr: added to the Dice numerator (the authors': 0).
+        smooth_dr: added to the Dice denominator (the authors': 1e-6).
 
     Raises:
         ValueError: on an unknown region loss, schedule or reduction, an alpha schedule outside ``[0, 1]``, or
@@ -289,6 +310,8 @@ class RWCombinedLoss(_Loss):
         reduction: str = "mean",
         compact: bool = False,
         class_weights: Sequence[float] | None = None,
+        smooth_nr: float = 0.0,
+        smooth_dr: float = 1e-6,
     ) -> None:
         super().__init__(reduction=_check_reduction(reduction, ("mean", "sum")))
         if region not in ("dice", "ce"):
@@ -306,7 +329,12 @@ class RWCombinedLoss(_Loss):
         self.compact = compact
         # both terms read the softmax computed once in forward
         self.dice = DiceLoss(
-            include_background=include_background, to_onehot_y=True, softmax=False, reduction=self.reduction
+            include_background=include_background,
+            to_onehot_y=True,
+            softmax=False,
+            reduction=self.reduction,
+            smooth_nr=smooth_nr,
+            smooth_dr=smooth_dr,
         )
         self.rw = RegionWiseLoss(
             include_background=include_background,

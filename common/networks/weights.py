@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
+from common.errors import CheckpointError
 from common.files import atomic_output
 
 NETWORK_SETTINGS_KEY = "network_settings"  # entry of the state dict's ``_metadata`` holding the network settings
@@ -60,15 +61,35 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"network setting {value!r}: not plain data (numbers, strings, lists, mappings)")
 
 
+# what a refusal of weights from elsewhere (another data set or network) tells the user to do, per use
+FIX_EVALUATION = (
+    "use the weights of a run trained with these settings and data (its --bundle_root, or --ckpt_path), or train "
+    "one first in another --bundle_root"
+)
+FIX_FINETUNE = (
+    "train in another --bundle_root (a new data set), --finetune False to train from scratch, or --overwrite True "
+    "to replace the earlier run"
+)
+
+
 def load_weights_only(path: Path, map_location: Any) -> Any:
-    """``torch.load(weights_only=True)`` of ``path``; unreadable or foreign files raise a ValueError naming it."""
+    """``torch.load(weights_only=True)`` of ``path``: a checkpoint is data, never code.
+
+    Raises:
+        FileNotFoundError: no such file (the message names ``--ckpt_path``).
+        CheckpointError: a truncated, foreign or not weights-only file (a pickle that would run code); one line
+            naming the file. It is a ``ValueError``.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found; train the bundle first or pass --ckpt_path")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for foreign, truncated or malicious files
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path}: cannot read as a weights-only PyTorch checkpoint ({first_line})") from error
+        raise CheckpointError(
+            f"{path}: cannot read as a weights-only PyTorch checkpoint ({type(error).__name__}: {first_line[:300]}); "
+            "it is truncated, not a PyTorch file, or holds objects that would run code on loading (refused)"
+        ) from error
 
 
 def read_network_state(checkpoint: str | os.PathLike, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
@@ -80,14 +101,14 @@ def read_network_state(checkpoint: str | os.PathLike, map_location: Any = "cpu")
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a checkpoint holding tensors (the message names it).
+        CheckpointError: the file is not a checkpoint holding tensors (the message names it); a ``ValueError``.
     """
     path = Path(checkpoint)
     state = load_weights_only(path, map_location)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f"{path}: holds no state dict of tensors (nor one under 'model')")
+        raise CheckpointError(f"{path}: holds no state dict of tensors (nor one under 'model'); not network weights")
     if all(key.startswith("module.") for key in state):  # saved from DistributedDataParallel
         metadata = getattr(state, "_metadata", None)
         state = OrderedDict((key.removeprefix("module."), value) for key, value in state.items())
@@ -167,11 +188,21 @@ def save_network_weights(
     return path
 
 
-def check_network_settings(found: Mapping[str, Any], expected: Mapping[str, Any], source: str | os.PathLike) -> None:
+def check_network_settings(
+    found: Mapping[str, Any], expected: Mapping[str, Any], source: str | os.PathLike, fix: str | None = None
+) -> None:
     """Compare the settings stored with weights to those of the config, on the keys both name.
 
+    Args:
+        found: the settings stored with the weights.
+        expected: the config's.
+        source: the weights file (named in the message).
+        fix: what the user can do, for the caller's use of the weights (default: set the checkpoint's values or
+            use weights trained with the config's).
+
     Raises:
-        ValueError: a setting differs; the message names the file and both values of every difference.
+        CheckpointError: a setting differs; one line naming the file, both values of every difference and the
+            options that fix it. It is a ``ValueError``.
     """
     differences = [
         f"{key}: {_plain(found[key])!r} in the checkpoint, {_plain(expected[key])!r} in the config"
@@ -179,9 +210,9 @@ def check_network_settings(found: Mapping[str, Any], expected: Mapping[str, Any]
         if _plain(found[key]) != _plain(expected[key])
     ]
     if differences:
-        raise ValueError(
-            f"{source}: trained with other network settings than the config ({'; '.join(differences)}); set the "
-            "checkpoint's values (e.g. --num_classes) or use weights trained with the config's"
+        fix = fix or "set the checkpoint's values (e.g. --num_classes) or use weights trained with the config's"
+        raise CheckpointError(
+            f"{source}: trained with other network settings than the config ({'; '.join(differences)}); {fix}"
         )
 
 
@@ -190,6 +221,7 @@ def load_network_weights(
     checkpoint: str | os.PathLike,
     settings: Mapping[str, Any] | None = None,
     map_location: Any = "cpu",
+    fix: str | None = None,
 ) -> torch.nn.Module:
     """Load a weights file into ``network``, checking the stored network settings first.
 
@@ -203,16 +235,18 @@ def load_network_weights(
         checkpoint: ``model.pt`` (bare state dict) or a training checkpoint with a ``"model"`` entry.
         settings: the config's network settings; those the checkpoint also stores must be equal.
         map_location: where tensors are loaded.
+        fix: what a refusal tells the user to do (see :func:`check_network_settings`).
 
     Returns:
         ``network``, loaded.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unreadable file, other settings, or weights of another network (the message names the file).
+        CheckpointError: unreadable file, other settings, or weights of another network: one line naming the file
+            and the keys and shapes that differ. It is a ``ValueError``.
     """
     state = read_network_state(checkpoint, map_location)
-    check_network_settings(network_settings_of(state), settings or {}, checkpoint)
+    check_network_settings(network_settings_of(state), settings or {}, checkpoint, fix)
     target = unwrap_module(network)
     expected = target.state_dict()
     heads = {key for key in state if key not in expected and key.startswith(f"{DEEP_SUPERVISION_HEADS}.")}
@@ -244,7 +278,10 @@ def load_network_weights(
         if items
     ]
     if problems:
-        raise ValueError(f"{checkpoint}: does not fit the network {type(target).__name__} ({'; '.join(problems)})")
+        raise CheckpointError(
+            f"{checkpoint}: does not fit the network {type(target).__name__} ({'; '.join(problems)}); weights of "
+            f"another network or network settings; {fix or FIX_EVALUATION}"
+        )
     target.load_state_dict(state, strict=False)  # every key checked above; only training-only heads may be absent
     return network
 
@@ -290,6 +327,8 @@ class NetworkWeightsLoader:
         network: network to load.
         settings: the config's ``network_settings``.
         map_location: where tensors are loaded.
+        fix: what a refusal tells the user to do (default: evaluate the weights of a run trained with these
+            settings, :data:`FIX_EVALUATION`).
     """
 
     def __init__(
@@ -298,11 +337,13 @@ class NetworkWeightsLoader:
         network: torch.nn.Module,
         settings: Mapping[str, Any] | None = None,
         map_location: Any = "cpu",
+        fix: str | None = None,
     ) -> None:
         self.load_path = Path(load_path)
         self.network = network
         self.settings = dict(settings or {})
         self.map_location = map_location
+        self.fix = fix or FIX_EVALUATION
 
     def attach(self, engine: Engine) -> None:
         """Load at ``Events.STARTED``."""
@@ -310,7 +351,7 @@ class NetworkWeightsLoader:
 
     def __call__(self, engine: Engine) -> None:
         """Load the weights."""
-        load_network_weights(self.network, self.load_path, self.settings, self.map_location)
+        load_network_weights(self.network, self.load_path, self.settings, self.map_location, self.fix)
 
 
 def keep_pretrained_weights(
@@ -341,7 +382,8 @@ def keep_pretrained_weights(
 
     Raises:
         TypeError: ``finetune`` or ``overwrite`` is not a bool.
-        ValueError: the kept weights do not fit the network or its settings (the message names the file).
+        CheckpointError: the kept weights do not fit the network or its settings (another data set in the same
+            folder): one line naming the file, the differences and the options that fix it (:data:`FIX_FINETUNE`).
     """
     for name, flag in (("finetune", finetune), ("overwrite", overwrite)):
         if not isinstance(flag, bool):
@@ -354,6 +396,6 @@ def keep_pretrained_weights(
         dist.barrier()  # every rank reads the copy rank 0 made
     if not (finetune and pretrained_path.is_file()):
         return None
-    load_network_weights(network, pretrained_path, settings)
+    load_network_weights(network, pretrained_path, settings, fix=FIX_FINETUNE)
     logging.getLogger(__name__).info(f"{pretrained_path}: training starts from these weights")
     return pretrained_path

@@ -9,7 +9,11 @@ Files of a training run in ``models/`` besides the final weights (:mod:`common.n
 
 :class:`ResumableTraining` restarts from ``checkpoint.pt`` and, at every epoch start, reseeds PyTorch, NumPy,
 ``random`` and the MONAI random transforms of the training data from ``(seed, epoch, rank)``, so an interrupted
-and resumed training draws the same batches and reaches the same weights as an uninterrupted one.
+and resumed training draws the same batches and reaches the same weights as an uninterrupted one. Every epoch also
+starts a new pass of the data loader right after the reseeding, so an epoch's batches depend on ``(seed, epoch)``
+alone, also when ``iterations_per_epoch`` is not a multiple of the loader's length (otherwise the pass running at
+an epoch's end, whose shuffle was drawn in the previous epoch, would continue into the next one, and a resumed
+run would start a fresh pass there instead). A resume asked for fewer epochs than the checkpoint holds is refused.
 Epoch-dependent settings that handlers derive from ``engine.state.epoch`` follow from the restored epoch.
 """
 
@@ -30,10 +34,13 @@ from ignite.handlers import Checkpoint, DiskSaver
 from monai.data.utils import set_rnd
 from monai.handlers import CheckpointSaver
 
+from common.errors import CheckpointError, UserError
 from common.files import atomic_output
 from common.networks.weights import is_main_process, load_weights_only, unwrap_module
 
 MAX_SEED = 2**32
+# what a refused resume tells the user to do
+_FIX_RESUME = "resume with the settings of that run, or start over: --overwrite True, or another --bundle_root"
 
 
 def _rank() -> int:
@@ -113,25 +120,40 @@ def load_checkpoint(filename: str | os.PathLike, load_dict: Mapping[str, Any], m
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file cannot be read, lacks an entry of ``load_dict``, or does not fit an object (e.g. a
-            checkpoint of another network); the message names the file and the entry.
+        CheckpointError: the file cannot be read, lacks an entry of ``load_dict``, or does not fit an object (e.g. a
+            checkpoint of another network); one line naming the file and the entry. It is a ``ValueError``.
     """
     path = Path(filename)
     state = load_weights_only(path, map_location)
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a training checkpoint (a {type(state).__name__}, not a dictionary)")
+        raise CheckpointError(
+            f"{path}: not a training checkpoint (a {type(state).__name__}, not a dictionary); {_FIX_RESUME}"
+        )
     missing = [name for name in load_dict if name not in state]
     if missing:
-        raise ValueError(f"{path}: has no {missing} entries (it holds {sorted(state)}); not this training's checkpoint")
+        raise CheckpointError(
+            f"{path}: has no {missing} entries (it holds {sorted(state)}); not this training's checkpoint; "
+            f"{_FIX_RESUME}"
+        )
     for name, obj in load_dict.items():
         try:
             unwrap_module(obj).load_state_dict(state[name])
         except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(
-                f"{path}: its '{name}' does not fit this training ({first_line}); was it written with other "
-                "network or optimiser settings?"
+            raise CheckpointError(
+                f"{path}: its '{name}' does not fit this training ({first_line[:300]}); written with other network "
+                f"or optimiser settings (or another data set)? {_FIX_RESUME}"
             ) from error
+
+
+def _epochs_done(filename: Path, map_location: Any) -> int | None:
+    """The number of complete epochs a checkpoint of :class:`ResumableTraining` holds (None if it does not say)."""
+    state = load_weights_only(filename, map_location)
+    trainer = state.get("trainer") if isinstance(state, dict) else None
+    epoch = trainer.get("epoch") if isinstance(trainer, dict) else None
+    if epoch is None and isinstance(trainer, dict) and trainer.get("epoch_length"):
+        epoch = int(trainer.get("iteration", 0)) // int(trainer["epoch_length"])
+    return int(epoch) if isinstance(epoch, int | float) else None
 
 
 class ResumableTraining:
@@ -185,24 +207,44 @@ class ResumableTraining:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
 
     def load(self, engine: Engine) -> None:
-        """Restore the state of every object and the trainer's epoch and iteration, keeping its ``max_epochs``."""
+        """Restore the state of every object and the trainer's epoch and iteration, keeping its ``max_epochs``.
+
+        Raises:
+            UserError: the checkpoint holds more epochs than the run asks for (``--epochs``): resuming would
+                replace the final weights of a longer run with those of the checkpoint's last epoch.
+            CheckpointError: the checkpoint does not fit (see :func:`load_checkpoint`).
+        """
         if not self.filename.is_file():
             self.logger.info(f"{self.filename}: no checkpoint yet, training starts at epoch 1")
             return
         max_epochs = engine.state.max_epochs
+        done = _epochs_done(self.filename, self.map_location)
+        if done is not None and max_epochs is not None and done > max_epochs:
+            raise UserError(
+                f"{self.filename}: holds {done} epochs of training, more than the {max_epochs} asked for (--epochs); "
+                f"resume with --epochs {done} or more, or start over with --overwrite True or another --bundle_root"
+            )
         load_checkpoint(self.filename, {**self.save_dict, "trainer": engine}, self.map_location)
         engine.state.max_epochs = max_epochs
         self.logger.info(f"{self.filename}: resumed after epoch {engine.state.epoch} of {max_epochs}")
 
     def reseed(self, engine: Engine) -> None:
-        """Seed the random generators and the training data's random transforms for the starting epoch."""
+        """Seed the random generators and the training data's random transforms, then start a new data pass.
+
+        The new pass (a new loader iterator: its shuffle and its workers' seeds drawn from the reseeded generators)
+        makes the epoch's batches a function of ``(seed, epoch, rank)`` only, whatever pass the previous epoch
+        ended in; a resumed run, which starts a new pass, then draws what an uninterrupted one draws.
+        """
         seed = epoch_seed(self.seed, engine.state.epoch, _rank())
         torch.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
-        dataset = getattr(engine.state.dataloader, "dataset", None)
+        loader = engine.state.dataloader
+        dataset = getattr(loader, "dataset", None)
         if dataset is not None:
             set_rnd(dataset, seed)  # used without workers; workers seed themselves from torch's generator
+        if loader is not None:
+            engine.set_data(loader)  # a new pass from the epoch's seed (the iterator is created here)
 
     def save(self, engine: Engine) -> None:
         """Write the state atomically (on rank 0 of a distributed run only)."""
