@@ -27,10 +27,10 @@ import re
 import sys
 from pathlib import Path
 
-from common.studies.runs import StudyOptions
-from common.studies.settings import SettingError, parse_settings
-from common.studies.spec import StudyError, list_studies, load_study
-from common.studies.workflow import run_study, status_lines
+from common.evaluation.studies.runs import StudyOptions
+from common.evaluation.studies.settings import SettingError, parse_settings
+from common.evaluation.studies.spec import StudyError, list_studies, load_study
+from common.evaluation.studies.workflow import run_study, status_lines
 
 
 def parse_time(text: str) -> int:

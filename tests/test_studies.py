@@ -1,4 +1,4 @@
-"""scripts/run_study.py and common.studies: study files, data-only settings, executors, resume, retry, table, SLURM."""
+"""scripts/run_study.py and common.evaluation.studies: study files, settings, executors, resume, table, SLURM."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import yaml
 
-from common.studies.runs import PER_CASE_CSV, evaluation_command, training_command
-from common.studies.settings import SettingError, check_data_value, parse_setting, parse_settings
-from common.studies.spec import BUNDLES_DIR, Row, Structure, Study, list_studies, load_study
-from common.studies.table import TABLE_COLUMNS, write_outputs
+from common.evaluation.studies.runs import PER_CASE_CSV, evaluation_command, training_command
+from common.evaluation.studies.settings import SettingError, check_data_value, parse_setting, parse_settings
+from common.evaluation.studies.spec import BUNDLES_DIR, Row, Structure, Study, list_studies, load_study
+from common.evaluation.studies.table import TABLE_COLUMNS, write_outputs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KILL_OVERLAY = REPO_ROOT / "tests" / "configs" / "kill_mid_epoch.yaml"
@@ -164,7 +164,7 @@ def _write_case_csv(path: Path, rows: list[tuple[str, str, str, float, float]]) 
 
 
 def _toy_study(aggregate: str) -> Study:
-    from common.studies.spec import PaperCell
+    from common.evaluation.studies.spec import PaperCell
 
     cells = {("A", "dice"): PaperCell(0.9, 0.1, False), ("A", "hd"): PaperCell(5.0, 1.0, True)}
     rows = (Row("acdc17_rrw", "ref", cells), Row("acdc17_dice", "other", cells))
@@ -357,8 +357,8 @@ def test_local_executor_reports_a_failing_run_finishes_the_others_and_retries_it
 
 @pytest.mark.slow
 def test_a_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path, capsys):
-    from common.studies.runs import StudyOptions
-    from common.studies.workflow import run_study
+    from common.evaluation.studies.runs import StudyOptions
+    from common.evaluation.studies.workflow import run_study
 
     study = load_study("rw_acdc17")
     settings = {"iterations_per_epoch": 1, "kill_at_iteration": 2}  # killed in epoch 2, after epoch 1's checkpoint

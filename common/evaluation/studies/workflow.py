@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common.studies.runs import (
+from common.evaluation.studies.runs import (
     RunSpec,
     StudyOptions,
     execute,
@@ -22,9 +22,9 @@ from common.studies.runs import (
     runs_per_bundle,
     selected_bundles,
 )
-from common.studies.settings import check_data_value
-from common.studies.spec import REPO_ROOT, Study, StudyError, write_text_atomic
-from common.studies.table import write_outputs
+from common.evaluation.studies.settings import check_data_value
+from common.evaluation.studies.spec import REPO_ROOT, Study, StudyError, write_text_atomic
+from common.evaluation.studies.table import write_outputs
 
 DEMO_DATA = "demo_data"
 

@@ -33,9 +33,9 @@ import numpy as np
 
 from common.evaluation.metrics import STATUS_ABSENT, STATUS_PRESENT
 from common.evaluation.statistics import paired_permutation_test
+from common.evaluation.studies.runs import PER_CASE_CSV, VALIDATION_CSV
+from common.evaluation.studies.spec import Study, finite, write_text_atomic
 from common.evaluation.tables import read_results_csv
-from common.studies.runs import PER_CASE_CSV, VALIDATION_CSV
-from common.studies.spec import Study, finite, write_text_atomic
 
 TABLE_COLUMNS = ("bundle", "structure", "metric", "mean", "std", "runs", "paper", "p_value", "paper_std", "paper_mark")
 METRIC_TITLES = {"dice": "Dice", "hd": "HD (mm)", "hd95": "HD95 (mm)"}

@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.studies.settings import as_bundle_flag
-from common.studies.spec import LAYOUTS, REPO_ROOT, Study, StudyError, write_text_atomic
+from common.evaluation.studies.settings import as_bundle_flag
+from common.evaluation.studies.spec import LAYOUTS, REPO_ROOT, Study, StudyError, write_text_atomic
 
 PER_CASE_CSV = Path("eval") / "evaluation" / "case_metrics_per_case.csv"
 VALIDATION_CSV = Path("eval") / "validation_metrics.csv"
@@ -48,7 +48,7 @@ class StudyOptions:
         max_parallel: runs at once (local: processes; slurm: the job array's parallelism).
         runs: runs per bundle (default: the study's, or its demo's).
         only: bundles to run (default: all of the study's).
-        settings: bundle settings for every run (checked data, ``common.studies.settings``).
+        settings: bundle settings for every run (checked data, ``common.evaluation.studies.settings``).
         gpus_per_run: GPUs of each run; more than one trains with torchrun and ``configs/multi_gpu_train.yaml``.
         partition, time_min, mem, cpus_per_run, slurm_extra, slurm_setup: SLURM job options.
         wait: wait for SLURM jobs and collect (False: submit and return; a later call collects).
