@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 STUDIES_DIR = REPO_ROOT / "bundles" / "studies"
 BUNDLES_DIR = REPO_ROOT / "bundles"
 METRICS = ("dice", "hd", "hd95")
