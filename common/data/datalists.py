@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,13 @@ class PreparationReport:
     cases: list[dict[str, Any]] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+
+
+def print_items(items: dict[str, str], header: str) -> None:
+    """Print a header and one indented ``item: reason`` line per entry (a report's failures or notes) to stderr."""
+    print(header, file=sys.stderr)
+    for item, reason in items.items():
+        print(f"  {item}: {reason}", file=sys.stderr)
 
 
 def make_datalist(

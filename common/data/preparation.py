@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from common.data.datalists import PreparationReport, make_datalist
+from common.data.datalists import PreparationReport, make_datalist, print_items
 from common.data.geometry import DEFAULT_SLICE_AXIS, volume_geometry
 from common.data.nifti import load_volume
 from common.data.releases import Release, ReleaseScan
@@ -221,12 +221,6 @@ def release_datalist(scan: ReleaseScan, split: Split, plan: ClassPlan) -> dict[s
     )
 
 
-def _print_items(items: dict[str, str], header: str) -> None:
-    print(header, file=sys.stderr)
-    for item, reason in items.items():
-        print(f"  {item}: {reason}", file=sys.stderr)
-
-
 def prepare_release_cli(release: Release, argv: Sequence[str] | None = None, description: str | None = None) -> int:
     """Command line shared by the release preparation scripts: scan, check, split and write the datalist.
 
@@ -285,7 +279,7 @@ def prepare_release_cli(release: Release, argv: Sequence[str] | None = None, des
     except ValueError as error:
         print(f"error: {args.data_dir}: {error}", file=sys.stderr)
         if report.failures:
-            _print_items(report.failures, f"{len(report.failures)} case(s) failed:")
+            print_items(report.failures, f"{len(report.failures)} case(s) failed:")
         return 2
     for item, reason in split.left_out.items():
         print(f"left out {item}: {reason}")
@@ -303,8 +297,8 @@ def prepare_release_cli(release: Release, argv: Sequence[str] | None = None, des
         if case["slice_axis"] != datalist["slice_axis"]
     }
     if other_axes:
-        _print_items(other_axes, f"note: {len(other_axes)} case(s) have another slice axis (2D bundles refuse them):")
+        print_items(other_axes, f"note: {len(other_axes)} case(s) have another slice axis (2D bundles refuse them):")
     if report.failures:
-        _print_items(report.failures, f"{len(report.failures)} case(s) failed and were left out:")
+        print_items(report.failures, f"{len(report.failures)} case(s) failed and were left out:")
         return 1
     return 0
