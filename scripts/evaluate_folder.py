@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from common.data.datalists import read_datalist_field
-from common.data.nifti import load_volume
+from common.data.nifti import NIFTI_SUFFIXES, load_volume
 from common.errors import EXIT_FAILURE, EXIT_USER_ERROR, UserError, ensure_absent, install_error_hook
 from common.evaluation.metrics import (
     StructureResult,
@@ -49,7 +49,7 @@ from common.evaluation.metrics import (
 )
 from common.evaluation.plots import plot_segmentation_overlay
 from common.evaluation.tables import format_summary, summarize, write_results_csv, write_summary_csv
-from common.inference.folders import NIFTI_SUFFIXES, discover_images
+from common.inference.folders import discover_images
 
 
 def nifti_stem(path: Path) -> tuple[str, str]:

@@ -688,8 +688,12 @@ def render_docs(name: str, sections: dict[str, NotedMapping]) -> str:
         raise SpecError(f"bundle {name}: docs field {error} missing (set it in a piece or the spec's docs)") from error
 
 
+@functools.cache
 def locked_versions() -> dict[str, str]:
-    """``{canonical package name: version}`` of every ``name==version`` line of ``requirements/lock.txt``."""
+    """``{canonical package name: version}`` of every ``name==version`` line of ``requirements/lock.txt``.
+
+    Read once per run: every bundle's metadata takes its versions from it.
+    """
     pins = {}
     for line in LOCK_FILE.read_text(encoding="utf-8").splitlines():
         if match := re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)", line):

@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from common.data.acdc import acdc_inputs, collect_acdc_cases
-from common.data.datalists import make_datalist
-from common.data.preparation import check_output
+from common.data.datalists import check_output, make_datalist, print_items
 from common.data.splits import Split, add_split_arguments, make_split, parity_split
 from common.data.synthetic_acdc import ACDC_LABELS
 from common.errors import EXIT_USER_ERROR, UserError, install_error_hook
@@ -58,12 +57,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0.0 <= args.validation_fraction < 1.0:
         parser.error(f"--validation-fraction must lie in [0, 1), got {args.validation_fraction}")
     return args
-
-
-def print_items(items: dict[str, str], header: str) -> None:
-    print(header, file=sys.stderr)
-    for item, reason in items.items():
-        print(f"  {item}: {reason}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,15 +17,13 @@ import os
 import sys
 import unicodedata
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.data.nifti import UnreadableVolumeError, load_nifti
-from common.errors import UserError
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+from common.data.nifti import NIFTI_SUFFIXES, UnreadableVolumeError, load_nifti
+from common.errors import UserError, ensure_absent
 
 
 @dataclass
@@ -35,6 +33,46 @@ class PreparationReport:
     cases: list[dict[str, Any]] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+
+
+def check_output(output: Path, inputs: Iterable[Path], overwrite: bool) -> None:
+    """Refuse a datalist output that would replace an input, a folder, or (without ``overwrite``) an earlier file.
+
+    No option may write over a file the preparation reads, with ``--overwrite`` or not: the output is compared
+    with every input after resolving links and ``..``, and as the same file (a hard link). A NIfTI name is refused
+    too: a datalist is JSON, and such a name is an image or label of the data set.
+
+    Args:
+        output: the datalist file to write.
+        inputs: every file the preparation reads (description, images, labels).
+        overwrite: whether an earlier datalist may be replaced.
+
+    Raises:
+        UserError: the output is an input, has a NIfTI name or lies below a file (names it and the fix).
+        OutputExistsError: the output is a folder, or exists and ``overwrite`` is False.
+    """
+    target = os.path.realpath(output)
+    for path in inputs:
+        if os.path.realpath(path) == target or (output.exists() and path.exists() and os.path.samefile(path, output)):
+            raise UserError(
+                f"{output}: is an input of the preparation ({path}); it is never replaced, --overwrite or not: give "
+                "--output another file (default: datalist.json in the data folder)"
+            )
+    if output.name.lower().endswith(NIFTI_SUFFIXES):
+        raise UserError(f"{output}: a NIfTI name; the datalist is JSON: give --output a .json file name")
+    parent = output.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{output}: {parent} is a file, not a folder; give --output a path in a folder")
+    ensure_absent(output, overwrite=overwrite)
+
+
+def print_items(items: dict[str, str], header: str) -> None:
+    """Print a header and one indented ``item: reason`` line per entry (a report's failures or notes) to stderr."""
+    print(header, file=sys.stderr)
+    for item, reason in items.items():
+        print(f"  {item}: {reason}", file=sys.stderr)
 
 
 def make_datalist(

@@ -18,6 +18,7 @@ import numpy as np
 from common.files import atomic_output
 from common.maps import check_label
 
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # the most bytes deflate can expand one compressed byte to (zlib's limit is 1032:1), with a margin
 MAX_GZIP_RATIO = 1100
 

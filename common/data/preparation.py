@@ -24,58 +24,22 @@ common one). 2D files are accepted (one-slice cases for the 2D-network bundles).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common.data.datalists import PreparationReport, check_class_names, make_datalist
+from common.data.datalists import PreparationReport, check_class_names, check_output, make_datalist, print_items
 from common.data.geometry import DEFAULT_SLICE_AXIS, volume_geometry
 from common.data.nifti import load_volume
 from common.data.releases import Release, ReleaseScan
 from common.data.splits import Split, add_split_arguments, make_split
-from common.errors import EXIT_USER_ERROR, OutputExistsError, UserError, ensure_absent
+from common.errors import EXIT_USER_ERROR, OutputExistsError, UserError
 from common.files import write_json_atomic
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
-
-def check_output(output: Path, inputs: Iterable[Path], overwrite: bool) -> None:
-    """Refuse a datalist output that would replace an input, a folder, or (without ``overwrite``) an earlier file.
-
-    No option may write over a file the preparation reads, with ``--overwrite`` or not: the output is compared
-    with every input after resolving links and ``..``, and as the same file (a hard link). A NIfTI name is refused
-    too: a datalist is JSON, and such a name is an image or label of the data set.
-
-    Args:
-        output: the datalist file to write.
-        inputs: every file the preparation reads (description, images, labels).
-        overwrite: whether an earlier datalist may be replaced.
-
-    Raises:
-        UserError: the output is an input, has a NIfTI name or lies below a file (names it and the fix).
-        OutputExistsError: the output is a folder, or exists and ``overwrite`` is False.
-    """
-    target = os.path.realpath(output)
-    for path in inputs:
-        if os.path.realpath(path) == target or (output.exists() and path.exists() and os.path.samefile(path, output)):
-            raise UserError(
-                f"{output}: is an input of the preparation ({path}); it is never replaced, --overwrite or not: give "
-                "--output another file (default: datalist.json in the data folder)"
-            )
-    if output.name.lower().endswith(NIFTI_SUFFIXES):
-        raise UserError(f"{output}: a NIfTI name; the datalist is JSON: give --output a .json file name")
-    parent = output.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"{output}: {parent} is a file, not a folder; give --output a path in a folder")
-    ensure_absent(output, overwrite=overwrite)
 
 
 def check_case_files(
@@ -283,12 +247,6 @@ def release_datalist(scan: ReleaseScan, split: Split, plan: ClassPlan) -> dict[s
     )
 
 
-def _print_items(items: dict[str, str], header: str) -> None:
-    print(header, file=sys.stderr)
-    for item, reason in items.items():
-        print(f"  {item}: {reason}", file=sys.stderr)
-
-
 def prepare_release_cli(release: Release, argv: Sequence[str] | None = None, description: str | None = None) -> int:
     """Command line shared by the release preparation scripts: scan, check, split and write the datalist.
 
@@ -348,7 +306,7 @@ def prepare_release_cli(release: Release, argv: Sequence[str] | None = None, des
     except ValueError as error:
         print(f"error: {args.data_dir}: {error}", file=sys.stderr)
         if report.failures:
-            _print_items(report.failures, f"{len(report.failures)} case(s) failed:")
+            print_items(report.failures, f"{len(report.failures)} case(s) failed:")
         return 2
     for item, reason in split.left_out.items():
         print(f"left out {item}: {reason}")
@@ -373,8 +331,8 @@ def prepare_release_cli(release: Release, argv: Sequence[str] | None = None, des
         if case["slice_axis"] != datalist["slice_axis"]
     }
     if other_axes:
-        _print_items(other_axes, f"note: {len(other_axes)} case(s) have another slice axis (2D bundles refuse them):")
+        print_items(other_axes, f"note: {len(other_axes)} case(s) have another slice axis (2D bundles refuse them):")
     if report.failures:
-        _print_items(report.failures, f"{len(report.failures)} case(s) failed and were left out:")
+        print_items(report.failures, f"{len(report.failures)} case(s) failed and were left out:")
         return 1
     return 0

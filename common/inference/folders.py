@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.data.nifti import NIFTI_SUFFIXES
 from common.inference.segmentations import is_own_segmentation
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def is_nifti(path: str | os.PathLike) -> bool:
