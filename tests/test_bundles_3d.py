@@ -124,18 +124,35 @@ def test_exp_log_bundle_builds_its_loss_and_the_papers_training(name):
     assert isinstance(parser.get_parsed_content("validate#inferer"), SimpleInferer)
 
 
-def test_exp_log_label_weights_come_from_the_training_labels(tmp_path):
-    labels = [np.zeros((4, 4, 4), dtype=np.uint8) for _ in range(2)]
-    labels[0][:2] = 1  # class 1: 32 voxels, class 2: 8 voxels, background 88 of 128
-    labels[1][0, :2, :] = 2
+@pytest.mark.parametrize(
+    "label_mapping, class_of_value",
+    [
+        (None, {0: 0, 10: 1, 20: 2}),  # a plain dataset.json: values in increasing order
+        ({"orig_labels": [0, 10, 20], "target_labels": [0, 2, 1]}, {0: 0, 10: 2, 20: 1}),  # --labels 20,10
+    ],
+)
+def test_exp_log_label_weights_come_from_the_training_labels(tmp_path, label_mapping, class_of_value):
+    """w_l counted on training indices (non-contiguous, reordered values) on the 128^3 grid, padding as background."""
+    labels = [np.zeros((4, 4, 2), dtype=np.uint8) for _ in range(2)]
+    labels[0][:2] = 10  # value 10: 16 voxels, value 20: 4 voxels of 64
+    labels[1][0, :2, :] = 20
     entries = []
     for index, label in enumerate(labels):
         nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / f"label{index}.nii.gz")
         entries.append({"image": f"label{index}.nii.gz", "label": f"label{index}.nii.gz"})
-    (tmp_path / "datalist.json").write_text(json.dumps({"training": entries, "validation": entries}))
+    datalist = {"training": entries, "validation": entries[:1], "labels": {"0": "bg", "10": "a", "20": "b"}}
+    if label_mapping is not None:
+        datalist["label_mapping"] = label_mapping
+    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
     parser = parse("brain_explog", dataset_dir=str(tmp_path), num_classes=3)
-    counts = np.array([128 - 32 - 8, 32, 8], dtype=float)
-    np.testing.assert_allclose(parser.get_parsed_content("label_weights"), np.sqrt(counts.sum() / counts))
+    # each 4 x 4 x 2 label becomes 128 x 128 x 64 (x32 per axis, nearest), then is zero padded to 128^3
+    scale = 32**3
+    value_counts = {10: 16 * scale, 20: 4 * scale}
+    counts = np.zeros(3)
+    for value, count in value_counts.items():
+        counts[class_of_value[value]] = count
+    counts[0] = 2 * 128**3 - counts.sum()
+    np.testing.assert_allclose(parser.get_parsed_content("label_weights"), np.sqrt(counts.sum() / counts), rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(SA_DICE_BUNDLES))
