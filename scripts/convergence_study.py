@@ -17,9 +17,12 @@ the script writes, in the study folder:
   RW-gradient component (``common.evaluation.diagnostics.InstabilityDiagnosticHandler`` added to the trainer; for
   bundles whose training target holds a dense RW map).
 
-``--override KEY=VALUE`` passes a bundle setting to every run (``--override num_workers=0``). Values that start
-with ``$`` are Python expressions that MONAI evaluates when the run starts, so they are refused unless
-``--allow-expressions`` is given (a study command line should not run code by accident).
+``--override KEY=VALUE`` passes a bundle setting to every run (``--override num_workers=0``, VALUE in YAML flow
+syntax). Values are data, checked as every entry point checks settings (:mod:`common.data.settings`): ``$``
+expressions, ``%`` macros, ``@`` references and ``_target_``-like keys, anywhere in the value, would run code when
+the run starts, so they are refused unless ``--allow-expressions`` is given (a study command line should not run
+code by accident). The settings the study sets itself (``bundle_root``, ``dataset_dir``, ``epochs``, ``seed``,
+``overwrite``) are its options, not overrides.
 
 Failed runs are reported at the end (exit status 1); the others still enter the figures.
 
@@ -38,6 +41,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.data.settings import as_bundle_flag, parse_settings
 from common.errors import ensure_absent
 from common.evaluation.plots import plot_curves, plot_ecdf
 from common.evaluation.tables import write_rows_csv
@@ -91,20 +95,19 @@ def is_complete(run: Run, epochs: int, metric: str) -> bool:
     return bool(recorded) and recorded[-1] >= epochs
 
 
+STUDY_SETTINGS = frozenset({"bundle_root", "dataset_dir", "epochs", "seed", "overwrite"})
+
+
 def parse_overrides(overrides: list[str], allow_expressions: bool) -> list[tuple[str, str]]:
-    """``KEY=VALUE`` pairs; raises ValueError for a malformed pair or a ``$`` expression that is not allowed."""
-    pairs = []
-    for override in overrides:
-        key, separator, value = override.partition("=")
-        if not separator or not key.strip():
-            raise ValueError(f"--override expects KEY=VALUE, got {override!r}")
-        if value.lstrip().startswith("$") and not allow_expressions:
-            raise ValueError(
-                f"--override {override!r}: values starting with '$' are Python expressions that the runs would "
-                "execute; pass --allow-expressions to allow them"
-            )
-        pairs.append((key.strip(), value))
-    return pairs
+    """``KEY=VALUE`` pairs as command-line flags of the runs; raises SettingError for a pair that is not data."""
+    settings = parse_settings(
+        overrides,
+        option="--override",
+        reserved=lambda key: key.split("#")[0] in STUDY_SETTINGS,
+        allow_code=allow_expressions,
+        allow_option="--allow-expressions",
+    )
+    return [(key, as_bundle_flag(value)) for key, value in settings.items()]
 
 
 def training_command(args: argparse.Namespace, run: Run, extra_configs: list[str]) -> list[str]:
@@ -211,10 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="bundle setting for every run (repeat); values starting with '$' need --allow-expressions",
+        help="bundle setting for every run (repeat), YAML flow data; code ('$', '%%', '@', '_target_') needs "
+        "--allow-expressions",
     )
     parser.add_argument(
-        "--allow-expressions", action="store_true", help="allow --override values that are '$' Python expressions"
+        "--allow-expressions", action="store_true", help="allow --override values that are code ($, %%, @, _target_)"
     )
     parser.add_argument("--plot-only", action="store_true", help="only rebuild the figures from existing runs")
     parser.add_argument("--dry-run", action="store_true", help="print the training commands and stop")

@@ -27,8 +27,8 @@ import re
 import sys
 from pathlib import Path
 
-from common.evaluation.studies.runs import StudyOptions
-from common.evaluation.studies.settings import SettingError, parse_settings
+from common.data.settings import SettingError, parse_settings
+from common.evaluation.studies.runs import StudyOptions, is_study_key
 from common.evaluation.studies.spec import StudyError, list_studies, load_study
 from common.evaluation.studies.workflow import run_study, status_lines
 
@@ -95,7 +95,7 @@ def options_from(args: argparse.Namespace) -> StudyOptions:
         max_parallel=args.max_parallel,
         runs=args.runs,
         only=tuple(item.strip() for item in (args.only or "").split(",") if item.strip()),
-        settings=parse_settings(args.set),
+        settings=parse_settings(args.set, reserved=is_study_key),
         gpus_per_run=gpus,
         partition=args.partition,
         time_min=args.time,

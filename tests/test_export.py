@@ -235,29 +235,36 @@ def test_bundle_names_with_path_parts_are_refused_by_name(export_script, tiny_ch
     assert not (tmp_path / "dist").exists()
 
 
-@pytest.mark.parametrize(
-    "item",
-    [
-        "filters=$__import__('os').system('id')",
-        "sw_batch_size= $1 + 1",
-        "filters='%/tmp/other.yaml#filters'",
-        "filters=[4, '$exit()']",
-        "device={_target_: os.system, command: id}",
-        "device={nested: {_requires_: '@x'}}",
-    ],
-)
-def test_set_refuses_code_unless_allowed(export_script, item):
-    with pytest.raises(ValueError, match=r"would run code in everyone's copy of the bundle; pass --allow-expressions"):
-        export_script.parse_settings([item])
-    key = item.partition("=")[0]
-    assert key in export_script.parse_settings([item], allow_expressions=True)
+CODE_SETTINGS = [
+    "filters=$__import__('os').system('id')",
+    "sw_batch_size= $1 + 1",
+    "filters='%other.yaml#filters'",
+    "filters=%other.yaml#filters",
+    "device='@other'",
+    "filters=[4, '$exit()']",
+    "device={_target_: os.system, command: id}",
+    "device={nested: {_requires_: '@x'}}",
+]
 
 
-def test_set_accepts_plain_data_and_references(export_script, capsys):
-    settings = export_script.parse_settings(["filters=[4, 8]", "device='@other'", "name=plain $ text", "x=null"])
-    assert settings == {"filters": [4, 8], "device": "@other", "name": "plain $ text", "x": None}
-    for bad in ("filters", "=3", "a.b=1", "../x=1"):
+def test_set_refuses_code_unless_allowed(export_script, tmp_path, capsys):
+    """The one settings checker (common.data.settings) at export: refused with one line naming the option."""
+    for item in CODE_SETTINGS:
+        assert export_script.main(["acdc17_rrw", str(tmp_path), "--set", item]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith("(--allow-expressions allows it)")
+        key = item.partition("=")[0]
+        assert key in export_script.parse_settings([item], allow_code=True)
+    assert not any(tmp_path.iterdir())
+
+
+def test_set_accepts_plain_data(export_script, capsys):
+    settings = export_script.parse_settings(["filters=[4, 8]", "name=plain $ text", "x=null"])
+    assert settings == {"filters": [4, 8], "name": "plain $ text", "x": None}
+    for bad in ("filters", "=3"):
         with pytest.raises(ValueError, match="expected KEY=VALUE"):
+            export_script.parse_settings([bad])
+    for bad in ("a.b=1", "../x=1"):
+        with pytest.raises(ValueError, match="is not a setting name"):
             export_script.parse_settings([bad])
     with pytest.raises(SystemExit):
         export_script.main(["--help"])

@@ -102,7 +102,7 @@ def test_convergence_study_defaults_to_the_paper_and_refuses_expression_override
     expression = "learning_rate=$__import__('os').getcwd()"
     with pytest.raises(SystemExit):
         main([*common, "--dry-run", "--override", expression])
-    assert "pass --allow-expressions" in capsys.readouterr().err
+    assert "(--allow-expressions allows it)" in capsys.readouterr().err
     assert main([*common, "--dry-run", "--seeds", "1", "--override", expression, "--allow-expressions"]) == 0
     assert "--learning_rate $__import__('os').getcwd()" in capsys.readouterr().out
     with pytest.raises(SystemExit):
@@ -110,4 +110,8 @@ def test_convergence_study_defaults_to_the_paper_and_refuses_expression_override
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["--help"])
-    assert "values starting with '$' need --allow-expressions" in " ".join(capsys.readouterr().out.split())
+    assert "needs--allow-expressions" in "".join(capsys.readouterr().out.split())  # as argparse wraps it
+    for data_only in ("lr=%train.yaml#lr", "filters=[8, '$16']", "loss={_target_: torch.nn.MSELoss}", "epochs=3"):
+        with pytest.raises(SystemExit):  # code anywhere in the value, or a setting the study makes itself
+            main([*common, "--dry-run", "--override", data_only])
+        assert "--override" in capsys.readouterr().err

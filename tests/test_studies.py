@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
-from common.evaluation.studies.runs import PER_CASE_CSV, evaluation_command, training_command
-from common.evaluation.studies.settings import SettingError, check_data_value, parse_setting, parse_settings
+from common.data.settings import SettingError, check_data_value, parse_setting, parse_settings
+from common.evaluation.studies.runs import PER_CASE_CSV, evaluation_command, is_study_key, training_command
 from common.evaluation.studies.spec import BUNDLES_DIR, Row, Structure, Study, list_studies, load_study
 from common.evaluation.studies.table import TABLE_COLUMNS, write_outputs
 
@@ -77,7 +77,7 @@ def test_settings_are_parsed_as_yaml_data(text, expected):
 )
 def test_settings_that_are_code_or_move_outputs_are_refused(text):
     with pytest.raises(SettingError, match=re.escape("--set")):
-        parse_setting(text)
+        parse_setting(text, reserved=is_study_key)
 
 
 def test_check_data_value_is_reusable_and_names_its_source():

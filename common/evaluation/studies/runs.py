@@ -27,13 +27,43 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.evaluation.studies.settings import as_bundle_flag
+from common.data.settings import as_bundle_flag
 from common.evaluation.studies.spec import LAYOUTS, REPO_ROOT, Study, StudyError, write_text_atomic
 
 PER_CASE_CSV = Path("eval") / "evaluation" / "case_metrics_per_case.csv"
 VALIDATION_CSV = Path("eval") / "validation_metrics.csv"
 SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "READY"}
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # submitit's default (5 min) would kill real runs
+# settings the study sets for every run (locations, split, resume): a --set must not move or replace them
+STUDY_KEYS = frozenset(
+    {
+        "bundle_root",
+        "ckpt_dir",
+        "ckpt_path",
+        "output_dir",
+        "dataset_dir",
+        "datalist",
+        "seed",
+        "resume",
+        "resume_checkpoint",
+        "overwrite",
+        "pretrained_ckpt",
+        "finetune",
+        "evaluation_dir",
+        "keep_earlier_results",
+        "imports",
+        "initialize",
+        "run",
+        "finalize",
+    }
+)
+STUDY_KEY_SUFFIXES = ("_dir", "_path", "_file", "_ckpt", "_checkpoint", "_csv", "filename")
+
+
+def is_study_key(key: str) -> bool:
+    """Whether the study sets ``key`` (or a location below it) itself, so that a ``--set`` may not."""
+    parts = key.split("#")
+    return parts[0] in STUDY_KEYS or any(part.endswith(STUDY_KEY_SUFFIXES) for part in parts)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.data.settings import check_data_value
 from common.evaluation.studies.runs import (
     RunSpec,
     StudyOptions,
@@ -22,7 +23,6 @@ from common.evaluation.studies.runs import (
     runs_per_bundle,
     selected_bundles,
 )
-from common.evaluation.studies.settings import check_data_value
 from common.evaluation.studies.spec import REPO_ROOT, Study, StudyError, write_text_atomic
 from common.evaluation.studies.table import write_outputs
 

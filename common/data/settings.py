@@ -1,9 +1,10 @@
-"""Command-line bundle settings that are data only: ``KEY=VALUE`` parsing and the check that refuses code.
+"""Bundle settings given on a command line: ``KEY=VALUE`` parsed as data, and the one check that refuses code.
 
 A MONAI bundle config evaluates ``$`` expressions, expands ``%`` macros, follows ``@`` references and instantiates
 mappings with ``_target_`` (and honours ``_requires_``, ``_disabled_``, ``_mode_``). A setting given on a command
-line must not bring any of these into a run: :func:`check_data_value` is the one check, reusable by every entry
-point that passes user values to a bundle (``scripts/run_study.py --set`` uses it through :func:`parse_settings`).
+line must not bring any of these into a run: :func:`check_data_value` is the one check, used by every entry point
+that passes user values to a bundle (``run_study.py --set``, ``export_bundle.py --set``,
+``convergence_study.py --override``) through :func:`parse_settings`.
 """
 
 from __future__ import annotations
@@ -11,41 +12,23 @@ from __future__ import annotations
 import ast
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import yaml
 
+from common.errors import UserError
+
 CODE_PREFIXES = ("$", "%", "@")
 KEY_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(#[A-Za-z0-9][A-Za-z0-9_]*)*$")
-# settings the study itself sets for every run (locations, split, resume): a --set must not move or replace them
-RESERVED_KEYS = frozenset(
-    {
-        "bundle_root",
-        "ckpt_dir",
-        "ckpt_path",
-        "output_dir",
-        "dataset_dir",
-        "datalist",
-        "seed",
-        "resume",
-        "resume_checkpoint",
-        "overwrite",
-        "pretrained_ckpt",
-        "finetune",
-        "evaluation_dir",
-        "keep_earlier_results",
-        "imports",
-        "initialize",
-        "run",
-        "finalize",
-    }
-)
-RESERVED_SUFFIXES = ("_dir", "_path", "_file", "_ckpt", "_checkpoint", "_csv", "filename")
 
 
-class SettingError(ValueError):
+class SettingError(UserError, ValueError):
     """A setting that is not plain data, or a malformed ``KEY=VALUE``."""
+
+
+class CodeSettingError(SettingError):
+    """A setting value that a bundle config would run as code, expand or follow as a reference."""
 
 
 def check_data_value(value: Any, source: str = "value") -> Any:
@@ -73,7 +56,7 @@ def check_data_value(value: Any, source: str = "value") -> Any:
         return value
     if isinstance(value, str):
         if value.lstrip().startswith(CODE_PREFIXES):
-            raise SettingError(
+            raise CodeSettingError(
                 f"{source}: {value!r} starts with {value.lstrip()[0]!r}, which a bundle config would run as code "
                 "or a reference; settings are data only"
             )
@@ -85,7 +68,7 @@ def check_data_value(value: Any, source: str = "value") -> Any:
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str) or key.startswith(("_", *CODE_PREFIXES)):
-                raise SettingError(
+                raise CodeSettingError(
                     f"{source}: mapping key {key!r} would make a config component or expression; settings are data only"
                 )
             check_data_value(item, source)
@@ -93,39 +76,68 @@ def check_data_value(value: Any, source: str = "value") -> Any:
     raise SettingError(f"{source}: {type(value).__name__} values are not allowed; give numbers, strings or lists")
 
 
-def check_setting_key(key: str, source: str) -> str:
-    """Refuse a key that is malformed, that names a component's special field, or that the study sets itself."""
+def check_setting_key(key: str, source: str, reserved: Callable[[str], bool] | None = None) -> str:
+    """Refuse a key that is malformed, that names a component's special field, or that ``reserved`` claims."""
     if not KEY_PATTERN.match(key):
         raise SettingError(f"{source}: {key!r} is not a setting name (letters, digits, '_', parts joined by '#')")
-    first = key.split("#")[0]
-    if first in RESERVED_KEYS or any(part.endswith(RESERVED_SUFFIXES) for part in key.split("#")):
-        raise SettingError(f"{source}: {key!r} is set by the study for every run (locations, split, resume)")
+    if reserved is not None and reserved(key):
+        raise SettingError(f"{source}: {key!r} is set by the entry point itself (locations, split, resume)")
     return key
 
 
-def parse_setting(text: str, option: str = "--set") -> tuple[str, Any]:
+def parse_setting(
+    text: str,
+    option: str = "--set",
+    reserved: Callable[[str], bool] | None = None,
+    allow_code: bool = False,
+    allow_option: str | None = None,
+) -> tuple[str, Any]:
     """Parse one ``KEY=VALUE``; the value is a YAML/JSON scalar or list (``3``, ``0.01``, ``[64, 64]``, ``abc``).
+
+    Args:
+        text: the ``KEY=VALUE`` text as given.
+        option: the option to name in errors.
+        reserved: says which keys the entry point sets itself and refuses.
+        allow_code: skip :func:`check_data_value` (an explicit ``--allow-expressions`` of the entry point); a value
+            that starts with ``$``, ``%`` or ``@`` is then kept as the string it is.
+        allow_option: the entry point's option that allows code, named in the refusal of a code value.
 
     Raises:
         SettingError: malformed pair, unparsable value, or a value or key refused by the checks above.
     """
     key, separator, raw = text.partition("=")
-    source = f"{option} {text}"
+    source = f"{option} {text if len(text) <= 80 else text[:77] + '...'}"
     if not separator or not key.strip():
         raise SettingError(f"{option}: expected KEY=VALUE, got {text!r}")
-    key = check_setting_key(key.strip(), source)
-    if raw.lstrip().startswith(CODE_PREFIXES):
-        check_data_value(raw.strip(), source)  # refuse before YAML reads '@x' or '%x' as something else
+    key = check_setting_key(key.strip(), source, reserved)
+    if raw.lstrip().startswith(CODE_PREFIXES):  # before YAML reads '@x' or '%x' as something else
+        value: Any = raw.strip()
+    else:
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as error:
+            raise SettingError(f"{source}: not a YAML/JSON value ({str(error).splitlines()[0]})") from error
+        except RecursionError:
+            raise SettingError(f"{source}: the value is nested too deeply to read") from None
+    if allow_code:
+        return key, value
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as error:
-        raise SettingError(f"{source}: not a YAML/JSON value ({str(error).splitlines()[0]})") from error
-    return key, check_data_value(value, source)
+        return key, check_data_value(value, source)
+    except CodeSettingError as error:
+        raise CodeSettingError(f"{error} ({allow_option} allows it)" if allow_option else str(error)) from None
+    except RecursionError:
+        raise SettingError(f"{source}: the value is nested too deeply to check") from None
 
 
-def parse_settings(texts: Iterable[str], option: str = "--set") -> dict[str, Any]:
-    """Parse several ``KEY=VALUE`` texts (a later key replaces an earlier one)."""
-    return dict(parse_setting(text, option) for text in texts)
+def parse_settings(
+    texts: Iterable[str],
+    option: str = "--set",
+    reserved: Callable[[str], bool] | None = None,
+    allow_code: bool = False,
+    allow_option: str | None = None,
+) -> dict[str, Any]:
+    """Parse several ``KEY=VALUE`` texts (a later key replaces an earlier one); arguments as :func:`parse_setting`."""
+    return dict(parse_setting(text, option, reserved, allow_code, allow_option) for text in texts)
 
 
 def as_bundle_flag(value: Any) -> str:
