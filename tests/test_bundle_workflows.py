@@ -1,9 +1,10 @@
 """Every bundle's configs are standard MONAI workflows: ``check_properties()`` finds nothing missing or misnamed.
 
 As the model zoo's unit tests check them: ``train.yaml`` as a train workflow, ``train.yaml`` + ``evaluate.yaml`` as
-a train workflow too (evaluate.yaml overrides the validation part of train.yaml). The required properties are
-instantiated, so each bundle reads a small datalist (files never loaded: ``cache_rate`` 0) and builds a narrowed
-network (same depth, fewer channels).
+a train workflow too (evaluate.yaml overrides the validation part of train.yaml), and ``inference.yaml`` as an infer
+workflow with its shipped defaults (the default input folder need not exist: the run plans the folder). The required
+properties are instantiated, so each train workflow reads a small datalist (files never loaded: ``cache_rate`` 0) and
+builds a narrowed network (same depth, fewer channels).
 """
 
 from __future__ import annotations
@@ -111,3 +112,22 @@ def test_training_prints_the_mean_loss_of_every_epoch_and_no_iteration_lines(pre
     assert [message.split(" Metrics")[0] for message in losses] == ["Epoch[1]", "Epoch[2]"]
     assert all(float(message.split("train_loss: ")[1].split()[0]) > 0 for message in losses)
     assert not [message for message in messages if ", Iter: " in message]  # per-iteration lines
+
+
+@pytest.mark.parametrize("name", ALL_BUNDLES)
+def test_inference_configs_are_monai_infer_workflows_with_their_shipped_defaults(name, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)  # bundle_root '.': no weights, no data, the default folders do not exist
+    configs = BUNDLES_DIR / name / "configs"
+    bundle = ConfigWorkflow(
+        config_file=str(configs / "inference.yaml"),
+        meta_file=str(configs / "metadata.json"),
+        logging_file=None,
+        workflow_type="infer",
+    )
+    bundle.initialize()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert bundle.check_properties() == []  # required properties, all instantiated
+    assert not [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]  # optional
+    assert not Path(bundle.parser.get_parsed_content("dataset_dir")).exists() and len(bundle.dataset) == 0
+    assert not list(tmp_path.iterdir())  # nothing written by initialising

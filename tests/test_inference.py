@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -30,8 +31,9 @@ from monai.transforms import (
 )
 
 from common.data.nifti import load_nifti, save_nifti
+from common.errors import OptionError, OptionValueError, error_line, exit_status
 from common.inference import segmentations
-from common.inference.folders import FolderPlan, check_output_postfix, mirrored_output_path
+from common.inference.folders import LISTED_PER_KIND, FolderPlan, check_output_postfix, mirrored_output_path
 from common.inference.inputs import AsVolumed, CheckFiniteIntensityd, CheckInputFiled
 from common.inference.inversion import InvertedArgmaxd, SlabLabelInferer
 from common.inference.segmentations import is_own_segmentation, write_segmentation
@@ -248,35 +250,94 @@ def test_outputs_never_leave_the_output_folder(tmp_path, monkeypatch):
     outputs.mkdir()
     (outputs / "sub").symlink_to(elsewhere, target_is_directory=True)
     (outputs / "b.nii.gz").symlink_to(inputs / "b.nii.gz")
-    plan = FolderPlan(inputs, outputs, overwrite=True)
+    plan = FolderPlan(inputs, outputs, overwrite=True).make()
     assert plan.cases == []
     assert "leads outside the output folder" in plan.report.failures[inputs / "sub/a.nii.gz"]
     assert "would replace an input file" in plan.report.failures[inputs / "b.nii.gz"]
     for postfix in ("/../../escaped", "..", "_a/b", "a\\b", "x\0"):
-        with pytest.raises(ValueError, match="--output_postfix"):
+        with pytest.raises(OptionValueError, match="--output_postfix"):
             FolderPlan(inputs, outputs, postfix=postfix)
     assert check_output_postfix("_seg.v2") == "_seg.v2"
 
     monkeypatch.chdir(tmp_path)
-    plan = FolderPlan("in", 2024)  # --output_dir 2024 reaches the config as an int
+    plan = FolderPlan("in", 2024).make()  # --output_dir 2024 reaches the config as an int
     assert sorted(case["output"] for case in plan.cases) == ["2024/b.nii.gz", "2024/sub/a.nii.gz"]
-    with pytest.raises(TypeError, match="--overwrite"):
+    with pytest.raises(OptionError, match="--overwrite"):
         FolderPlan(inputs, outputs, overwrite="false")
-    with pytest.raises(TypeError, match="--output_dir"):
+    with pytest.raises(OptionError, match="--output_dir"):
         FolderPlan(inputs, None)
 
 
 def test_setup_errors_name_the_option(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="--dataset_dir .*no .nii or .nii.gz files found"):
-        FolderPlan(tmp_path / "empty", tmp_path / "out")
+        FolderPlan(tmp_path / "empty", tmp_path / "out").make()
+    plan = FolderPlan(tmp_path / "missing", tmp_path / "out")  # options only: the folders are read by make()
     with pytest.raises(NotADirectoryError, match="--dataset_dir .*does not exist"):
-        FolderPlan(tmp_path / "missing", tmp_path / "out")
+        plan.make()
     assert not (tmp_path / "out").exists()
     save_nifti(image((4, 4, 2)), LPS_AFFINE, tmp_path / "in" / "a.nii.gz")
     (tmp_path / "a_file").touch()
     with pytest.raises(NotADirectoryError, match="--output_dir .*exists and is not a folder"):
-        FolderPlan(tmp_path / "in", tmp_path / "a_file")
+        FolderPlan(tmp_path / "in", tmp_path / "a_file").make()
+    with pytest.raises(OptionValueError, match="--output_dir .*is the input folder"):
+        FolderPlan(tmp_path / "in", tmp_path / "in" / "." / "").make()
+
+
+def test_files_that_are_not_nifti_are_listed_at_the_end_with_how_to_convert_them(tmp_path):
+    inputs = tmp_path / "in"
+    save_nifti(image((4, 4, 2)), LPS_AFFINE, inputs / "a.nii.gz")
+    (inputs / "sub").mkdir()
+    nib.save(nib.AnalyzeImage(image((4, 4, 2)), LPS_AFFINE), inputs / "sub" / "b.hdr")  # b.hdr + b.img
+    (inputs / "scan.mha").write_bytes(b"MetaImage")
+    (inputs / "notes.txt").write_text("not an image")
+    (inputs / ".DS_Store").write_bytes(b"")  # hidden: not the user's image, not listed
+    (inputs / "dicom").mkdir()
+    for index in range(LISTED_PER_KIND + 2):
+        (inputs / "dicom" / f"{index:03}.dcm").write_bytes(b"DICM")
+    plan = FolderPlan(inputs, tmp_path / "out").make()
+    assert plan.cases == [{"image": str(inputs / "a.nii.gz"), "source": str(inputs / "a.nii.gz"),
+                           "output": str(tmp_path / "out" / "a.nii.gz")}]  # fmt: skip
+    lines = plan.report.summary().splitlines()
+    listed = [line for line in lines if line.startswith("not processed: ")]
+    assert lines[-len(listed) :] == listed and len(listed) == 3 + LISTED_PER_KIND + 1  # at the end
+    analyze = next(line for line in listed if "b.hdr" in line)
+    assert analyze.startswith(f"not processed: {inputs / 'sub' / 'b.hdr'} (not NIfTI: Analyze/NIfTI .hdr/.img pair")
+    assert not [line for line in listed if "b.img" in line.split(" (")[0] or ".DS_Store" in line]
+    assert "SimpleITK" in next(line for line in listed if "scan.mha" in line)
+    assert "(not NIfTI; convert it to .nii.gz" in next(line for line in listed if "notes.txt" in line)
+    dicom = [line for line in listed if ".dcm" in line]
+    assert len(dicom) == LISTED_PER_KIND + 1 and all("dcm2niix" in line for line in dicom[:-1])
+    assert dicom[-1] == "not processed: 2 more .dcm file(s) like these"
+
+    command = analyze.split("convert with ", 1)[1].removesuffix(")")  # the command given converts the pair
+    subprocess.run([sys.executable, *shlex.split(command)[1:]], check=True, timeout=120)
+    np.testing.assert_allclose(load_nifti(inputs / "sub" / "b.nii.gz").get_fdata(), image((4, 4, 2)))
+
+    only_analyze = tmp_path / "analyze"
+    only_analyze.mkdir()
+    nib.save(nib.AnalyzeImage(image((4, 4, 2)), LPS_AFFINE), only_analyze / "c.img")
+    with pytest.raises(
+        FileNotFoundError, match=r"no .nii or .nii.gz files found .*; 1 other file\(s\), e\.g\. .*c\.hdr"
+    ):
+        FolderPlan(only_analyze, tmp_path / "out").make()
+
+
+def test_the_shipped_inference_config_initialises_and_a_missing_input_folder_ends_with_one_line(tmp_path):
+    """The default --dataset_dir need not exist to initialise; running with it is a user error (exit 2)."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(INFERENCE), "--progress", "False"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: --dataset_dir /workspace/data/ACDC/testing: input folder does not exist")
+    )
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())  # nothing written
+    with pytest.raises(RuntimeError) as error_info:
+        segment(tmp_path, tmp_path, tmp_path / "out", output_postfix="/../x")
+    assert exit_status(error_info.value) == 2
+    assert error_line(error_info.value).startswith("error: --output_postfix '/../x': must not contain path")
 
 
 def distinct_inference_configs() -> list[str]:
@@ -298,7 +359,9 @@ def test_every_inference_config_is_a_complete_monai_inference_workflow(name, tmp
     )
     workflow.initialize()
     assert workflow.check_properties() == []
-    assert isinstance(workflow.evaluator, FolderEvaluator) and len(workflow.dataset) == 1
+    assert isinstance(workflow.evaluator, FolderEvaluator) and len(workflow.dataset) == 0  # planned by run()
+    workflow.evaluator.folder.make()
+    assert len(workflow.dataset) == 1
     network_dims = workflow.parser.get_parsed_content("network_def#spatial_dims", default=3)
     assert workflow.parser.get_parsed_content("network_spatial_dims") == network_dims  # 2D inputs only for 2D nets
 

@@ -7,7 +7,11 @@ The rules that protect a user's data live here and in :mod:`common.inference.seg
 - an output never replaces an input file, is never written through a symbolic link and never lands outside the
   output folder; an existing output is replaced only with ``overwrite``;
 - every file found and not segmented (hidden, dangling or looping symbolic link, not a regular file, unreadable,
-  existing output, output that would replace an input ...) is listed in the report with its reason.
+  existing output, output that would replace an input ...) is listed in the report with its reason, and every
+  file that is not NIfTI (an Analyze ``.hdr``/``.img`` pair, DICOM, MetaImage ...) at the end with how to convert it.
+
+The plan is made when the workflow runs (:meth:`FolderPlan.make`), not when the config is parsed: a bundle's
+inference config initialises with its default folders, which need not exist.
 """
 
 from __future__ import annotations
@@ -19,7 +23,27 @@ from pathlib import Path
 from typing import Any
 
 from common.data.nifti import NIFTI_SUFFIXES
+from common.errors import OptionError, OptionValueError
 from common.inference.segmentations import is_own_segmentation
+
+# how to convert the image files that are not NIfTI, by suffix; ``{path}``/``{stem}`` are the file without/with
+# the suffix removed (a pair's ``.img`` is listed with its ``.hdr``)
+NIBABEL_CONVERSION = "python -c \"import nibabel as nib; nib.save(nib.load('{path}'), '{stem}.nii.gz')\""
+SIMPLEITK_CONVERSION = (
+    "python -c \"import SimpleITK as sitk; sitk.WriteImage(sitk.ReadImage('{path}'), '{stem}.nii.gz')\""
+)
+CONVERSIONS = {
+    ".hdr": ("Analyze/NIfTI .hdr/.img pair", NIBABEL_CONVERSION),
+    ".img": ("Analyze/NIfTI .hdr/.img pair", NIBABEL_CONVERSION),
+    ".mgz": ("FreeSurfer MGH", NIBABEL_CONVERSION),
+    ".mgh": ("FreeSurfer MGH", NIBABEL_CONVERSION),
+    ".mha": ("MetaImage", SIMPLEITK_CONVERSION),
+    ".mhd": ("MetaImage", SIMPLEITK_CONVERSION),
+    ".nrrd": ("NRRD", SIMPLEITK_CONVERSION),
+    ".nhdr": ("NRRD", SIMPLEITK_CONVERSION),
+    ".dcm": ("DICOM", "dcm2niix -z y -o OUTPUT_FOLDER {folder}"),
+}
+LISTED_PER_KIND = 10  # files named per kind of non-NIfTI file; the others are counted
 
 
 def is_nifti(path: str | os.PathLike) -> bool:
@@ -42,29 +66,31 @@ def as_path(value: Any, option: str) -> Path:
     """A folder option as a path; the command line turns ``--output_dir 2024`` into an int, which is a name too.
 
     Raises:
-        TypeError: ``value`` is neither a path nor a number (e.g. None, a list, True), naming ``option``.
+        OptionError: ``value`` is neither a path nor a number (e.g. None, a list, True), naming ``option``; a
+            ``TypeError``.
     """
     if isinstance(value, int) and not isinstance(value, bool):
         return Path(str(value))
     if isinstance(value, str | os.PathLike) and os.fspath(value):
         return Path(value)
-    raise TypeError(f"--{option}: expected a folder path, got {value!r}")
+    raise OptionError(f"--{option}: expected a folder path, got {value!r}")
 
 
 def check_output_postfix(postfix: Any) -> str:
     """Refuse a file-name postfix that could leave the output folder or hide the file.
 
     Raises:
-        ValueError: the postfix holds a path separator, ``..`` or a NUL character, naming ``--output_postfix``.
-        TypeError: the postfix is not a string.
+        OptionValueError: the postfix holds a path separator, ``..`` or a NUL character, naming
+            ``--output_postfix``; a ``ValueError``.
+        OptionError: the postfix is not a string; a ``TypeError``.
     """
     if isinstance(postfix, int) and not isinstance(postfix, bool):
         postfix = str(postfix)
     if not isinstance(postfix, str):
-        raise TypeError(f"--output_postfix: expected a string, got {postfix!r}")
+        raise OptionError(f"--output_postfix: expected a string, got {postfix!r}")
     separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
     if any(separator in postfix for separator in separators) or ".." in postfix or "\0" in postfix:
-        raise ValueError(
+        raise OptionValueError(
             f"--output_postfix {postfix!r}: must not contain path separators, '..' or NUL characters "
             "(it is appended to each output file name, e.g. _seg)"
         )
@@ -88,6 +114,7 @@ class FolderReport:
     kept: list[Path] = field(default_factory=list)
     skipped: dict[Path, str] = field(default_factory=dict)
     failures: dict[Path, str] = field(default_factory=dict)
+    not_nifti: dict[Path, str] = field(default_factory=dict)  # file -> what it is and how to convert it
 
     def fail(self, path: str | os.PathLike, reason: str) -> None:
         """Record that ``path`` could not be segmented, and say so at once on stderr."""
@@ -107,7 +134,22 @@ class FolderReport:
             lines += [f"KEPT {path}" for path in self.kept]
         lines += [f"SKIPPED {path}: {reason}" for path, reason in self.skipped.items()]
         lines += [f"FAILED {path}: {reason}" for path, reason in self.failures.items()]
-        return "\n".join(lines)
+        return "\n".join(lines + self.not_nifti_lines())
+
+    def not_nifti_lines(self) -> list[str]:
+        """One ``not processed: FILE (not NIfTI; convert with ...)`` line per file that is not NIfTI.
+
+        At most :data:`LISTED_PER_KIND` per suffix, then one line counting the others.
+        """
+        lines, by_suffix = [], {}
+        for path, hint in self.not_nifti.items():
+            by_suffix.setdefault(path.suffix.lower(), []).append((path, hint))
+        for files in by_suffix.values():
+            lines += [f"not processed: {path} ({hint})" for path, hint in files[:LISTED_PER_KIND]]
+            if len(files) > LISTED_PER_KIND:
+                suffix = files[0][0].suffix or "extension-less"
+                lines.append(f"not processed: {len(files) - LISTED_PER_KIND} more {suffix} file(s) like these")
+        return lines
 
     def conclude(self, output_dir: str | os.PathLike | int) -> None:
         """Print the summary; exit with status 1 when any file failed (a skipped file is not a failure).
@@ -138,9 +180,29 @@ def unusable_reason(path: Path) -> str | None:
     return None
 
 
+def not_nifti_hint(path: Path) -> str:
+    """What a file that is not NIfTI is and how to convert it: ``not NIfTI (...); convert with ...``."""
+    suffix = path.suffix.lower()
+    kind, command = CONVERSIONS.get(suffix, ("", ""))
+    if not command:
+        return (
+            "not NIfTI; convert it to .nii.gz to segment it (e.g. with dcm2niix for DICOM, SimpleITK for other formats)"
+        )
+    source = path.with_suffix(".hdr" if path.suffix == ".img" else ".HDR" if path.suffix == ".IMG" else path.suffix)
+    text = command.format(path=source, stem=path.with_suffix(""), folder=path.parent)
+    return f"not NIfTI: {kind}; convert with {text}"
+
+
+def pair_header(path: Path, names: set[str]) -> bool:
+    """Whether ``path`` is the ``.img`` of an Analyze/NIfTI pair whose ``.hdr`` is among ``names`` (listed once)."""
+    return path.suffix.lower() == ".img" and any(f"{path.stem}{suffix}" in names for suffix in (".hdr", ".HDR"))
+
+
 @dataclass
 class FolderPlan:
     """The cases a folder inference segments, decided before any network runs.
+
+    Constructing it checks the options only; :meth:`make` (called when the workflow runs) reads the folders.
 
     Args:
         input_dir: folder searched recursively (symbolic links to folders are not followed).
@@ -150,14 +212,13 @@ class FolderPlan:
         overwrite: replace existing outputs (never an input file).
 
     Attributes:
-        cases: one ``{"image": input path, "source": input path, "output": output path}`` per file to segment.
-        report: the files left out so far (skipped, kept) and, filled later, what was written or failed.
+        cases: one ``{"image": input path, "source": input path, "output": output path}`` per file to segment,
+            filled by :meth:`make` (the list object stays the same, so a dataset built on it sees them).
+        report: the files left out so far (skipped, kept, not NIfTI) and, filled later, what was written or failed.
 
     Raises:
-        NotADirectoryError: the input folder does not exist, or the output folder is a file.
-        ValueError: the output folder is the input folder, or a bad postfix.
-        TypeError: ``overwrite`` is not a bool, or a folder option is not a path.
-        FileNotFoundError: the input folder holds no NIfTI file at all.
+        OptionError: ``overwrite`` is not a bool, a folder option is not a path, the postfix not a string.
+        OptionValueError: a postfix that could leave the output folder.
     """
 
     input_dir: Any
@@ -166,33 +227,58 @@ class FolderPlan:
     overwrite: bool = False
     cases: list[dict[str, str]] = field(init=False, default_factory=list)
     report: FolderReport = field(init=False, default_factory=FolderReport)
+    planned: bool = field(init=False, default=False)
     _protected: set[Path] = field(init=False, repr=False, default_factory=set)  # real paths of the user's files
 
     def __post_init__(self) -> None:
         if not isinstance(self.overwrite, bool):
-            raise TypeError(f"--overwrite: expected True or False, got {self.overwrite!r}")
+            raise OptionError(f"--overwrite: expected True or False, got {self.overwrite!r}")
         self.input_dir = as_path(self.input_dir, "dataset_dir")
         self.output_dir = as_path(self.output_dir, "output_dir")
         self.postfix = check_output_postfix(self.postfix)
+
+    def make(self) -> FolderPlan:
+        """Find the inputs and decide their outputs (once; later calls return the plan as it is).
+
+        Returns:
+            The plan itself.
+
+        Raises:
+            NotADirectoryError: the input folder does not exist, or the output folder is a file.
+            OptionValueError: the output folder is the input folder.
+            FileNotFoundError: the input folder holds no NIfTI file at all (the message names other files found).
+        """
+        if self.planned:
+            return self
         if not self.input_dir.is_dir():
-            raise NotADirectoryError(f"--dataset_dir {self.input_dir}: input folder does not exist or is not a folder")
+            raise NotADirectoryError(
+                f"--dataset_dir {self.input_dir}: input folder does not exist or is not a folder; give the folder "
+                "of the images to segment"
+            )
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise NotADirectoryError(f"--output_dir {self.output_dir}: exists and is not a folder")
         if real_path(self.input_dir) == real_path(self.output_dir):
-            raise ValueError(
+            raise OptionValueError(
                 f"--output_dir {self.output_dir}: is the input folder (--dataset_dir); choose another output folder"
             )
         found = self._discover()
         if not (found or self.report.skipped or self.report.failures):
+            others = ""
+            if self.report.not_nifti:
+                path, hint = next(iter(self.report.not_nifti.items()))
+                others = f"; {len(self.report.not_nifti)} other file(s), e.g. {path} ({hint})"
             raise FileNotFoundError(
-                f"--dataset_dir {self.input_dir}: no .nii or .nii.gz files found (searched recursively)"
+                f"--dataset_dir {self.input_dir}: no .nii or .nii.gz files found (searched recursively){others}"
             )
         self._plan(found)
+        self.planned = True
+        return self
 
     def _discover(self) -> list[Path]:
         """Every usable NIfTI input, sorted; the unusable ones go to the report with their reason.
 
-        Every user file named like a NIfTI file (usable or not) is also recorded as protected from writing.
+        Every user file named like a NIfTI file (usable or not) is also recorded as protected from writing; the
+        other files (hidden ones aside) are listed as not NIfTI.
         """
         output_root = real_path(self.output_dir)
         found = []
@@ -202,9 +288,12 @@ class FolderPlan:
                 if (folder_path / name).is_symlink():
                     self.report.skipped[folder_path / name] = "symbolic link to a folder, not followed"
             subfolders.sort()
+            names = set(files)
             for name in sorted(files):
                 path = folder_path / name
                 if not is_nifti(name):
+                    if not name.startswith(".") and not pair_header(path, names):
+                        self.report.not_nifti[path] = not_nifti_hint(path)
                     continue
                 if real_path(path).is_relative_to(output_root) and is_own_segmentation(path):
                     self.report.skipped[path] = "a segmentation written by folder inference into the output folder"

@@ -1,8 +1,9 @@
 """Folder inference as a standard MONAI inference workflow (the pieces the bundles' ``inference.yaml`` builds).
 
-``inference.yaml`` plans the folder (:class:`common.inference.folders.FolderPlan`: every NIfTI file under
-``dataset_dir`` and its mirrored output under ``output_dir``), wraps the cases in a :class:`CaseDataset`, and runs a
-:class:`FolderEvaluator` (a ``SupervisedEvaluator``) whose postprocessing brings the labels back to each input's
+``inference.yaml`` declares the folder plan (:class:`common.inference.folders.FolderPlan`: every NIfTI file under
+``dataset_dir`` and its mirrored output under ``output_dir``), wraps its cases in a :class:`CaseDataset`, and runs a
+:class:`FolderEvaluator` (a ``SupervisedEvaluator``), which makes the plan when it runs (so the config initialises
+with default folders that do not exist) and whose postprocessing brings the labels back to each input's
 grid (:class:`common.inference.inversion.InvertedArgmaxd`) and whose :class:`SegmentationWriter` handler writes
 them. A case that fails anywhere (reading, checks, network, inversion, writing) is recorded with its reason and the
 run goes on; ``FolderReport.conclude`` prints the summary and exits with status 1 when a case failed.
@@ -18,7 +19,7 @@ from ignite.engine import Engine, Events
 from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
 
-from common.inference.folders import FolderReport
+from common.inference.folders import FolderPlan
 from common.inference.segmentations import write_segmentation
 
 
@@ -55,14 +56,25 @@ class CaseDataset(Dataset):
 class FolderEvaluator(SupervisedEvaluator):
     """``SupervisedEvaluator`` over a :class:`CaseDataset` that records a failing case and goes on to the next.
 
+    The folder is planned when the evaluator runs, not when it is built: its data loader's dataset must hold the
+    plan's ``cases`` list, which :meth:`FolderPlan.make` fills.
+
     Args:
-        report: where failures go (the folder plan's report).
+        folder: the cases to segment and the report where failures go.
         *args, **kwargs: those of ``SupervisedEvaluator``; the data loader must use batches of one case.
     """
 
-    def __init__(self, report: FolderReport, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, folder: FolderPlan, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.report = report
+        self.folder = folder
+        self.report = folder.report
+
+    def run(self) -> None:
+        """Plan the folder (user errors in the folder options stop here), then segment the planned cases."""
+        self.folder.make()
+        self.state.epoch_length = len(self.data_loader)
+        if self.state.epoch_length:  # nothing to segment (all kept or left out): the summary says why
+            super().run()
 
     def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, Any]) -> Any:
         sources = batchdata["source"]
