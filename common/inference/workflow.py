@@ -19,7 +19,7 @@ from ignite.engine import Engine, Events
 from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
 
-from common.inference.folders import FolderPlan
+from common.inference.folders import FolderPlan, FolderReport
 from common.inference.segmentations import write_segmentation
 
 
