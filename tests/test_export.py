@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -173,6 +174,38 @@ def test_readme_commands_use_only_the_bundles_files(exported):
         for config in re.findall(r"configs/[\w.]+", line):
             assert (bundle / config).is_file(), line
     assert "large_files.yml" in readme
+    assert "pip install -e" not in readme and "<!--" not in readme and "`common`" not in readme
+    assert "python -m monai.bundle download_large_files" in commands
+    assert any(line.startswith("python -m monai.bundle ckpt_export network_def") for line in commands)
+    assert not re.search(r"\.ya?ml\b", readme.replace("large_files.yml", ""))  # the zip holds JSON configs
+    for match in re.finditer(r"`((?:scripts|tests|common)/[\w*/.-]+\.py)`", readme):  # in the zip, or said not to be
+        held = any(path.is_file() for path in bundle.glob(match.group(1)))
+        assert held or readme[match.end() :].startswith(" of the project's repository"), match.group(1)
+    assert "of the project's repository" in readme  # the RW docs name the repository's tests and tools
+
+
+def test_readme_weights_and_torchscript_commands_run_from_the_unzipped_bundle(export_script, tiny_checkpoint, tmp_path):
+    """download_large_files fetches the weights from large_files.yml; ckpt_export writes the TorchScript module."""
+    dist = tmp_path / "dist"
+    url = (dist / f"acdc17_rrw_v{VERSION}_model.pt").as_uri()  # where the weights file is written
+    arguments = ["acdc17_rrw", str(dist), "--checkpoint", str(tiny_checkpoint), "--url", url, *tiny_settings_args()]
+    assert export_script.main(arguments) == 0
+    with zipfile.ZipFile(dist / ZIP_NAME) as archive:
+        archive.extractall(tmp_path / "unzipped")
+    bundle = tmp_path / "unzipped" / "acdc17_rrw"
+    readme = (bundle / "docs" / "README.md").read_text()
+    blocks = [block.replace("\\\n", " ") for block in re.findall(r"```bash\n(.*?)```", readme, re.DOTALL)]
+    wanted = ("python -m monai.bundle download_large_files", "python -m monai.bundle ckpt_export")
+    commands = [line for block in blocks for line in block.splitlines() if line.startswith(wanted)]
+    assert len(commands) == 2
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    for command in commands:
+        arguments = [sys.executable, *shlex.split(command)[1:]]
+        result = subprocess.run(arguments, cwd=bundle, env=environment, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, command + result.stderr[-3000:]
+    assert (bundle / "models" / "model.pt").read_bytes() == (dist / f"acdc17_rrw_v{VERSION}_model.pt").read_bytes()
+    module = torch.jit.load(str(bundle / "models" / "model.ts"))
+    assert module(torch.zeros(1, 1, 64, 64)).shape == (1, 4, 64, 64)
 
 
 def test_exported_bundle_runs_without_the_repository(exported, tmp_path):
@@ -214,7 +247,10 @@ def test_inline_weights_settings_from_the_checkpoint_and_no_silent_overwrite(exp
         metadata = json.loads(archive.read("acdc17_rrw/configs/metadata.json"))
     assert inference["num_classes"] == 3  # taken from the checkpoint, no --set needed
     pred = metadata["network_data_format"]["outputs"]["pred"]
-    assert pred["num_channels"] == 3 and len(pred["channel_def"]) == 3
+    assert pred["num_channels"] == 3 and pred["channel_def"] == {"0": "background", "1": "class 1", "2": "class 2"}
+    assert metadata["label_classes"].startswith("0 background, 1..2 the classes of the training datalist")
+    assert metadata["pred_classes"].startswith("label map on the input grid with the values 0 (background) to 2")
+    assert "logits" not in json.dumps(metadata) and "RV" not in metadata["pred_classes"]  # the 4-class spec's text
 
     before = archive_path.read_bytes()
     assert export_script.main([*arguments, *tiny_settings_args()]) == 2  # exists: kept as it was
