@@ -21,7 +21,8 @@ the data set's label values.
 
 Split (``--split``, subjects never straddle sections): ``random`` (default; seeded, ``--validation-fraction`` of
 the cases for validation, ``0`` for a train-only datalist, e.g. a single-case folder: training then validates on
-its own cases), ``explog`` (70/30, ``--shuffle K`` of 5), ``sadice`` (90/10 test, ``--fold F`` of ``--folds``).
+its own cases), ``explog`` (70/30, ``--shuffle K`` of 5), ``sadice`` (90/10: fold ``--fold F`` of ``--folds``,
+default 10, validates, the other 90 % train; ``--test-fraction T`` holds out a test section first).
 
 The datalist also records each case's spacing and slice axis (RAS axes, coarsest spacing) and the data set's
 ``slice_axis``, which the 2D RW bundles slice along. Entries whose paths leave TASK_DIR (``..`` or absolute paths

@@ -281,3 +281,72 @@ def test_sec44_strategies_on_rrw_maps_as_documented():
     loss = parser.get_parsed_content("loss#loss")
     assert (type(loss), loss.region, loss.schedule) == (RWCombinedLoss, "ce", "gradual")
     assert parser.get_parsed_content("train#extra_handlers")[1].loss is loss
+
+
+def _labelled_kits19_release(root: Path) -> tuple[Path, dict[str, list[int]]]:
+    """A prepared fake KiTS19 release whose cases have unlabelled slices, and each case's labelled slices."""
+    import runpy
+
+    import nibabel as nib
+
+    from common.data.synthetic_releases import write_fake_kits19
+
+    write_fake_kits19(root, n_cases=2, shape=(16, 24, 24))  # the release's slices lie along the first array axis
+    labelled = {}
+    for case in ("case_00000", "case_00001"):
+        label = np.asarray(nib.load(root / case / "segmentation.nii.gz").dataobj)
+        labelled[case] = np.flatnonzero(label.reshape(label.shape[0], -1).any(axis=1)).tolist()
+        assert 0 < len(labelled[case]) < label.shape[0]  # some slices hold no label
+    script = Path(__file__).resolve().parents[1] / "scripts" / "prepare_kits.py"
+    assert runpy.run_path(str(script))["main"]([str(root)]) == 0  # the authors' split: case 0 trains, case 1 scored
+    return root, labelled
+
+
+def test_kits19_trains_and_scores_only_the_labelled_slices_at_the_release_spacing(tmp_path):
+    """The authors' datasplits/kits19.py: only labelled slices, resized to 256 x 256 with the original spacing."""
+    root, labelled = _labelled_kits19_release(tmp_path / "kits19")
+    still = {"rotation_prob": 0.0, "scaling_prob": 0.0, "samples_per_volume": 8, "cache_rate": 0.0}
+    parser = config("kits19_rrw", dataset_dir=str(root), **still)
+    assert parser.get_parsed_content("labelled_slices_only") and parser.get_parsed_content("keep_release_spacing")
+
+    base = Compose(parser.get_parsed_content("base_transforms"))
+    [training] = parser.get_parsed_content("train#dataset").data
+    volume = base(dict(training))
+    kept = volume["label"].shape[-1]  # axial slices along the last axis in RAS
+    assert kept == len(labelled["case_00000"]) and bool((volume["label"] > 0).flatten(0, 2).any(dim=0).all())
+    spacing = torch.linalg.norm(volume["image"].affine[:3, :3], dim=0)
+    torch.testing.assert_close(spacing, torch.tensor([0.8, 0.8, 3.0], dtype=spacing.dtype))  # the release's
+
+    # every slice the network is trained on holds a label (whole slices: the 24 x 24 slices resized to the patch)
+    dataset = parser.get_parsed_content("train#dataset")
+    for _ in range(4):
+        for sample in dataset[0]:
+            assert sample["target"][0].max() > 0
+
+    # the scored volumes (validation and evaluate.yaml) are cut alike
+    evaluation = ConfigParser()
+    evaluation.read_config(
+        [str(BUNDLES_DIR / "kits19_rrw" / "configs" / f"{part}.yaml") for part in ("train", "evaluate")]
+    )
+    evaluation.update({**TINY, "dataset_dir": str(root), "cache_rate": 0.0})
+    [scored] = evaluation.get_parsed_content("validate#dataset").data
+    scored_volume = evaluation.get_parsed_content("validate#preprocessing")(dict(scored))
+    assert scored_volume["label"].shape[-1] == len(labelled["case_00001"])
+
+    # both are settings: every slice, and the resized voxels' true size in mm
+    every = config("kits19_rrw", dataset_dir=str(root), labelled_slices_only=False, keep_release_spacing=False, **still)
+    volume = Compose(every.get_parsed_content("base_transforms"))(dict(training))
+    assert volume["label"].shape[-1] == 16
+    spacing = torch.linalg.norm(volume["image"].affine[:3, :3], dim=0)
+    torch.testing.assert_close(spacing, torch.tensor([0.8 * 24 / 64, 0.8 * 24 / 64, 3.0], dtype=spacing.dtype))
+
+
+def test_labelled_slices_keep_a_volume_without_labels_whole():
+    from common.data.geometry import LabelledSlicesd
+
+    empty = {"image": MetaTensor(torch.randn(1, 4, 4, 6)), "label": MetaTensor(torch.zeros(1, 4, 4, 6))}
+    assert LabelledSlicesd(["image", "label"], slice_axis=2)(empty)["image"].shape == (1, 4, 4, 6)
+    label = torch.zeros(1, 4, 6, 4)
+    label[0, 1, 2:4, 1] = 2
+    cut = LabelledSlicesd(["image", "label"], slice_axis=1)({"image": torch.randn(1, 4, 6, 4), "label": label})
+    assert cut["image"].shape == (1, 4, 2, 4) and cut["label"].amax() == 2

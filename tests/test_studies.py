@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from common.data.settings import SettingError, check_data_value, parse_setting, parse_settings
+from common.data.splits import SADICE_PAPER_FOLDS
 from common.evaluation.studies.runs import PER_CASE_CSV, evaluation_command, is_study_key, training_command
 from common.evaluation.studies.spec import BUNDLES_DIR, Row, Structure, Study, list_studies, load_study
 from common.evaluation.studies.table import TABLE_COLUMNS, write_outputs
@@ -130,6 +131,84 @@ def test_rw_values_and_marks_equal_the_reference_bundles_transcription(name):
             mean, std = (float(part) for part in text.rstrip("*").split(" ± "))
             cell = row.cells[key]
             assert (cell.mean, cell.std, cell.marked) == (mean, std, text.endswith("*")), (name, row.label, key)
+
+
+# The papers' tables, copied once from the papers (not read from them): one line per row in the table's order, one
+# `|`-separated cell per structure and metric in the study's order, "mean std" ("mean" where the paper gives no
+# std) with the paper's `*`. RW paper Tables 2-4 (rows RRW, RRW-weighted CE, Dice, Focal, Boundary), exp-log paper
+# Table 1(b) (linear Dice, L_Dice, L_Cross, L_Exp gamma 1, 2, 0.3, V-Net; structures 1-19 then the average),
+# SA Dice paper Tables I and II (U-Net, AnatomyNet, SA Dice, WMLA (1, 1, 1), (1, 0.1, 0.01), trainable).
+PAPER_TABLES = {
+    "rw_acdc17": """
+        0.90 0.09 | 14.58 11.03 | 0.90 0.03 | 9.01 7.62 | 0.94 0.05 | 7.53 5.95
+        0.87 0.09* | 16.23 10.44 | 0.87 0.04* | 8.85 5.23 | 0.94 0.05 | 7.43 5.50
+        0.87 0.11* | 20.98 15.34* | 0.89 0.03* | 13.87 21.83* | 0.94 0.05 | 11.40 19.29*
+        0.89 0.09 | 14.89 11.07 | 0.90 0.03 | 9.90 14.60 | 0.94 0.05 | 8.44 13.44
+        0.89 0.09 | 16.55 13.85 | 0.90 0.04 | 8.41 5.39 | 0.94 0.06 | 8.36 7.85
+    """,
+    "rw_brats18": """
+        0.80 0.15 | 20.76 19.32 | 0.78 0.14 | 37.48 18.56 | 0.61 0.26 | 16.47 12.64
+        0.80 0.14 | 23.59 18.75 | 0.76 0.13* | 35.76 18.83 | 0.61 0.26 | 16.39 11.99
+        0.79 0.16* | 77.49 16.67* | 0.77 0.14 | 74.22 13.83* | 0.61 0.25 | 61.48 22.34*
+        0.80 0.14 | 19.27 18.16 | 0.78 0.14 | 37.01 19.25 | 0.61 0.26 | 16.16 14.63
+        0.80 0.15 | 19.04 15.58 | 0.78 0.14 | 29.35 18.80* | 0.60 0.27 | 16.87 12.45
+    """,
+    "rw_kits19": """
+        0.95 0.04 | 20.29 16.64 | 0.57 0.31 | 56.38 30.92
+        0.92 0.04* | 22.16 17.18* | 0.51 0.34* | 56.70 31.21
+        0.94 0.04* | 21.02 18.44 | 0.53 0.31 | 84.29 25.04*
+        0.95 0.04 | 19.84 15.73 | 0.51 0.35* | 41.37 29.52*
+        0.94 0.05* | 18.62 16.00 | 0.51 0.33* | 55.50 30.48
+    """,
+    "explog_brain": """
+        87 1 | 47 38 | 32 40 | 72 36 | 50 41 | 30 37 | 31 38 | 0 0 | 0 0 | 34 42 | \
+        88 1 | 86 1 | 88 1 | 32 39 | 0 0 | 54 44 | 0 0 | 51 42 | 35 43 | 43 11
+        84 1 | 61 30 | 83 2 | 90 1 | 81 2 | 73 2 | 78 2 | 68 2 | 74 2 | 85 1 | \
+        87 1 | 85 1 | 88 1 | 79 2 | 59 3 | 89 1 | 79 1 | 86 2 | 88 1 | 80 2
+        87 1 | 56 5 | 79 3 | 86 2 | 76 3 | 67 2 | 73 6 | 59 4 | 65 4 | 83 2 | \
+        87 2 | 85 1 | 89 1 | 75 3 | 54 6 | 89 1 | 76 3 | 84 1 | 86 1 | 77 2
+        87 2 | 78 3 | 84 1 | 90 1 | 82 1 | 74 2 | 78 3 | 68 3 | 75 1 | 83 3 | \
+        87 1 | 86 0 | 89 1 | 80 1 | 64 1 | 90 1 | 80 2 | 86 2 | 88 1 | 81 1
+        79 7 | 61 15 | 74 6 | 75 10 | 67 12 | 62 8 | 66 10 | 52 17 | 56 15 | 64 12 | \
+        78 8 | 78 7 | 84 4 | 64 11 | 46 10 | 77 10 | 60 16 | 67 15 | 67 15 | 67 11
+        88 1 | 77 2 | 84 1 | 91 1 | 82 1 | 74 1 | 78 2 | 69 2 | 75 2 | 86 1 | \
+        89 1 | 86 1 | 89 0 | 81 1 | 62 5 | 91 1 | 80 1 | 87 1 | 89 1 | 82 1
+        84 2 | 67 7 | 80 4 | 87 4 | 78 3 | 67 5 | 73 6 | 59 7 | 65 5 | 72 5 | \
+        85 2 | 82 4 | 86 2 | 72 7 | 48 8 | 82 6 | 70 7 | 75 6 | 78 6 | 74 4
+    """,
+    "sadice_aorta": "0.873\n0.874\n0.900\n0.908\n0.915\n0.909",
+    "sadice_brats17": """
+        0.890 | 0.770 | 0.732
+        0.896 | 0.780 | 0.73
+        0.894 | 0.774 | 0.739
+        0.907 | 0.790 | 0.747
+        0.905 | 0.790 | 0.754
+        0.902 | 0.793 | 0.750
+    """,
+}
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_paper_values_equal_the_papers_tables_cell_by_cell(name):
+    study = load_study(name)
+    table = [[cell.split() for cell in line.split("|")] for line in PAPER_TABLES[name].strip().splitlines()]
+    assert len(table) == len(study.rows), name
+    columns = [(s.name, m) for s in study.structures for m in study.metrics]
+    for row, cells in zip(study.rows, table, strict=True):
+        for key, parts in zip(columns, cells, strict=True):
+            marked = parts[-1].endswith("*")
+            numbers = [float(part.rstrip("*")) for part in parts]
+            expected = (numbers[0], numbers[1] if len(numbers) > 1 else None, marked)
+            cell = row.cells[key]
+            assert (cell.mean, cell.std, cell.marked) == expected, (name, row.label, key)
+
+
+def test_fold_studies_run_every_fold_of_the_preparations_default_split():
+    """``vary: fold`` runs ``--split sadice --fold K`` with the default ``--folds``: one run per fold, 90/10 each."""
+    for study in (load_study(name) for name in STUDIES):
+        if study.vary == "fold":
+            assert study.runs == SADICE_PAPER_FOLDS, study.name
+            assert study.demo["data"]["subjects"] >= SADICE_PAPER_FOLDS, study.name  # every fold holds a subject
 
 
 def _numbers(text: str) -> list[float]:

@@ -14,6 +14,10 @@ axis (the acquisition's slice direction) and must never resample across slices:
   acquisition's slices).
 - :class:`SliceStepd` keeps every k-th slice of a volume (the RW bundles' coarser validation grid,
   ``val_slice_step``): a slice-wise network sees each kept slice exactly as in training, with ``k`` times less work.
+- :class:`LabelledSlicesd` crops volumes along the slice axis to the slices that hold a label (``SpatialCrop``,
+  affine updated), as the RW authors' KiTS19 preparation keeps only those slices.
+- :class:`SliceResized` is ``Resized`` whose voxels may keep the spacing they had before (``keep_spacing``), as the
+  RW authors' resized KiTS19 files kept the release's header spacing.
 """
 
 from __future__ import annotations
@@ -27,11 +31,20 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Spacingd
+from monai.transforms import MapTransform, Resized, Spacingd, SpatialCrop
 
 from common.data.validation import source_name
 
-__all__ = ["AddSliceAxisd", "SliceSpacingd", "SliceStepd", "VolumeGeometry", "coarsest_axis", "volume_geometry"]
+__all__ = [
+    "AddSliceAxisd",
+    "LabelledSlicesd",
+    "SliceResized",
+    "SliceSpacingd",
+    "SliceStepd",
+    "VolumeGeometry",
+    "coarsest_axis",
+    "volume_geometry",
+]
 
 DEFAULT_SLICE_AXIS = 2  # axial in RAS
 SPACING_RTOL = 0.05  # axes whose spacing is within 5 % of the largest count as equally coarse
@@ -192,3 +205,104 @@ class SliceStepd(MapTransform):
                 thinned.affine = affine
             d[key] = thinned
         return d
+
+
+class LabelledSlicesd(MapTransform):
+    """Crop volumes along ``slice_axis`` to the slices from the first to the last one that holds a label (> 0).
+
+    The RW authors' KiTS19 preparation (their ``datasplits/kits19.py``) keeps only the axial slices whose
+    segmentation is not all background, for the training and the scored cases alike. Here the kept slices are the
+    range from the first to the last labelled slice, cropped with ``monai.transforms.SpatialCrop`` (affine updated,
+    invertible), so that the volume stays one coherent 3D grid for the RW maps and the Hausdorff distance; it is the
+    authors' selection whenever a case's labelled slices are contiguous. A volume without any label is left whole.
+
+    Args:
+        keys: keys of channel-first volumes ``(C, *spatial)`` cropped alike (image and label, and any map).
+        label_key: the key of the label volume that decides which slices are kept.
+        slice_axis: spatial axis the slices are taken along (0, 1 or 2).
+        allow_missing_keys: don't raise an error for a missing key.
+
+    Raises:
+        ValueError: ``slice_axis`` is not 0, 1 or 2.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, label_key: str = "label", slice_axis: int = 2, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if slice_axis not in (0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis!r}")
+        self.label_key = label_key
+        self.slice_axis = slice_axis
+
+    def labelled_range(self, label: Any) -> tuple[int, int] | None:
+        """First and one-past-last slice of ``label`` (``(C, *spatial)``) that hold a label; None when none does."""
+        label = torch.as_tensor(label)
+        axis = 1 + self.slice_axis
+        held = (label != 0).movedim(axis, 0).reshape(label.shape[axis], -1).any(dim=1)
+        indices = torch.nonzero(held).flatten()
+        return None if indices.numel() == 0 else (int(indices[0]), int(indices[-1]) + 1)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Return the dictionary with every volume cropped to the labelled slices of ``label_key``."""
+        d = dict(data)
+        kept = self.labelled_range(d[self.label_key])
+        if kept is None:
+            return d
+        shape = d[self.label_key].shape[1:]
+        start = [0] * len(shape)
+        end = list(shape)
+        start[self.slice_axis], end[self.slice_axis] = kept
+        cropper = SpatialCrop(roi_start=start, roi_end=end)
+        for key in self.key_iterator(d):
+            d[key] = cropper(d[key])
+        return d
+
+
+class SliceResized(Resized):
+    """``monai.transforms.Resized`` whose voxels may keep the spacing they had before the resize.
+
+    With ``keep_spacing=False`` this is ``Resized``: the affine is scaled so that the resized voxels have their true
+    size in mm. With ``keep_spacing=True`` the affine's voxel axes keep their length (their direction and the origin
+    are unchanged), as in the RW authors' KiTS19 files, written on the 256 x 256 grid with the release's affine:
+    distances in mm (RW maps, Hausdorff distance) are then counted in the release's voxel sizes on the new grid.
+
+    Args:
+        keys: keys of channel-first volumes.
+        spatial_size: as ``Resized`` (``-1`` keeps an axis).
+        keep_spacing: keep each volume's voxel spacing instead of the resized voxels' true size.
+        kwargs: further arguments of ``monai.transforms.Resized`` (``mode``, ``allow_missing_keys``, ...).
+    """
+
+    def __init__(
+        self, keys: KeysCollection, spatial_size: Sequence[int] | int, keep_spacing: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(keys, spatial_size=spatial_size, **kwargs)
+        self.keep_spacing = bool(keep_spacing)
+
+    @staticmethod
+    def _spacing(volume: Any) -> torch.Tensor | None:
+        if not isinstance(volume, MetaTensor):
+            return None
+        return torch.linalg.norm(volume.affine[:3, :3].double(), dim=0)
+
+    def _restore(self, d: dict[Hashable, Any], spacings: dict[Hashable, torch.Tensor | None]) -> dict[Hashable, Any]:
+        for key, spacing in spacings.items():
+            volume = d[key]
+            if spacing is None or not isinstance(volume, MetaTensor):
+                continue
+            affine = volume.affine.clone().double()
+            lengths = torch.linalg.norm(affine[:3, :3], dim=0)
+            affine[:3, :3] = affine[:3, :3] / lengths * spacing
+            volume.affine = affine.to(volume.affine.dtype)
+        return d
+
+    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
+        """Resize; with ``keep_spacing`` the voxels keep the spacing they had."""
+        spacings = {key: self._spacing(data[key]) for key in self.key_iterator(dict(data))} if self.keep_spacing else {}
+        return self._restore(super().__call__(data, lazy=lazy), spacings)
+
+    def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Undo the resize; with ``keep_spacing`` the voxels again keep their spacing."""
+        spacings = {key: self._spacing(data[key]) for key in self.key_iterator(dict(data))} if self.keep_spacing else {}
+        return self._restore(super().inverse(data), spacings)
