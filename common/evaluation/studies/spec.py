@@ -76,7 +76,6 @@ class Study:
     title: str
     paper: str
     table: str
-    source: str
     layout: str
     prepare_args: tuple[str, ...]
     vary: str
@@ -212,7 +211,6 @@ def load_study(name_or_path: str | os.PathLike, directory: Path = STUDIES_DIR) -
         title=str(_require(raw, "title", str, path)),
         paper=str(_require(raw, "paper", str, path)),
         table=str(_require(raw, "table", str, path)),
-        source=str(raw.get("source", "")),
         layout=layout,
         prepare_args=tuple(str(item) for item in raw.get("prepare_args") or ()),
         vary=vary,
