@@ -119,7 +119,8 @@ def test_comments_travel_with_their_keys_and_later_pieces_replace_them():
     assert settings["items"].notes[0].inline == "first item" and settings["items"].notes[1].above == ("second item",)
     assert [item if isinstance(item, str) else item["_target_"] for item in settings["items"]] == ["A", "@ref", "B"]
     text = GENERATOR["dump_yaml"](settings, header="usage line")
-    assert text.splitlines()[:3] == ["# usage line", "seed: 1  # another seed", "# the optimiser"]
+    heading = f"# {GENERATOR['SETTINGS_HEADING']}"
+    assert text.splitlines()[:5] == ["# usage line", "", heading, "seed: 1  # another seed", "# the optimiser"]
     assert "  - _target_: A  # first item\n    keys: [image, label]\n  # second item\n  - '@ref'\n" in text
     assert yaml.safe_load(text) == {"seed": 1, "lr": 0.01, "url": "http://x#y", "items": settings["items"]}
 
@@ -140,6 +141,29 @@ def test_configs_are_written_in_monai_reading_order_and_read_back_by_pyyaml():
     assert "learning_rate: 3.0e-05" in text  # PyYAML reads 3e-05 as a string
     assert all(len(line) <= 120 for line in text.splitlines())
     assert yaml.safe_load(text)["long"] == config["long"]
+
+
+def test_settings_come_first_under_one_heading_and_plumbing_sits_next_to_its_reader():
+    config = merge(
+        "imports: ['$import os']\ndataset_dir: /data\ndatalist: $@dataset_dir + '/d.json'\nepochs: 3\n"
+        "target_key: target  # plumbing\nweights: {_target_: W}\nrank: $torch.distributed.get_rank()\n"
+        "network_def: {_target_: N, out_channels: '@num_classes'}\nshape_transforms: []\n"
+        "loss: {_target_: L, weight: '@weights'}\nnum_classes: $read_datalist_field(@datalist, 'num_classes')\n"
+        "train: {trainer: {_target_: T, prepare_batch: '@target_key'}, handlers: [{_disabled_: '@rank'}]}\n"
+        "learning_rate: 0.1\nempty: []\nunread: $1 + 1\nrun: ['$x']\n",
+        "{}\n",
+    )
+    text = GENERATOR["dump_yaml"](config)
+    keys = [line.split(":")[0] for line in text.splitlines() if line and line[0].isalpha()]
+    assert keys == [
+        *("imports", "dataset_dir", "datalist", "epochs", "learning_rate"),  # paths, then the settings
+        *("num_classes", "empty", "unread", "network_def"),  # from the datalist; what nothing in this file reads
+        *("weights", "loss", "shape_transforms", "target_key", "rank", "train", "run"),  # each above its reader
+    ]
+    lines = text.splitlines()
+    heading = lines.index(f"# {GENERATOR['SETTINGS_HEADING']}")
+    assert lines[heading - 1] == "" and lines[heading + 1] == "epochs: 3" and lines[heading + 3] == ""
+    assert yaml.safe_load(text) == GENERATOR["_plain"](config)
 
 
 def test_generator_reports_a_broken_spec(spec_folder):
