@@ -18,6 +18,14 @@ GENERATOR = runpy.run_path(str(REPO / "scripts" / "generate_bundles.py"))
 BUNDLES_DIR = REPO / "bundles"
 ALL_BUNDLES = sorted(path.parent.name for path in BUNDLES_DIR.glob("*/bundle.yaml"))
 SpecError = GENERATOR["SpecError"]
+# config file -> the files MONAI merges to run it (evaluate.yaml and multi_gpu_train.yaml go over train.yaml)
+RUN_AS = {
+    "train.yaml": ("train.yaml",),
+    "evaluate.yaml": ("train.yaml", "evaluate.yaml"),
+    "multi_gpu_train.yaml": ("train.yaml", "multi_gpu_train.yaml"),
+    "inference.yaml": ("inference.yaml",),
+}
+READ_ID = re.compile(r"[@%]([^\W\d]\w*(?:(?:#|::)\w+)*)")  # an @id reference or %id macro, nested ids included
 
 
 @pytest.fixture
@@ -277,3 +285,52 @@ def test_comment_marks_inside_quoted_values_stay_values():
 def test_a_tilde_key_removes_a_setting_nothing_reads_any_more():
     merged = GENERATOR["deep_merge"]({"kept": 1, "dropped": [1.0], "nested": {"a": 1}}, {"~dropped": None}, "spec")
     assert GENERATOR["_plain"](merged) == {"kept": 1, "nested": {"a": 1}}
+
+
+def config_ids(config: dict, prefix: str = ""):
+    """Every key of a config as a MONAI id, nested ones too (below mappings that are not components)."""
+    for key, value in config.items():
+        ident = f"{prefix}#{key}" if prefix else str(key).removeprefix("+").replace("::", "#")
+        yield ident
+        if isinstance(value, dict) and "_target_" not in value:
+            yield from config_ids(value, ident)
+
+
+def read_ids(value) -> set[str]:
+    if isinstance(value, dict):
+        return set().union(*(read_ids(item) for item in value.values()))
+    if isinstance(value, list):
+        return set().union(*(read_ids(item) for item in value))
+    return {found.replace("::", "#") for found in READ_ID.findall(value)} if isinstance(value, str) else set()
+
+
+@pytest.mark.parametrize("name", ALL_BUNDLES)
+def test_every_key_of_the_generated_configs_is_read(name):
+    """No key that nothing reads (such as a pairing's `train#rw_map: null`): each id, top-level or nested, is read by
+    an ``@``/``%`` reference or ``$`` expression of the config it runs in (evaluate.yaml and multi_gpu_train.yaml
+    merged over train.yaml), is a workflow entry point, or is a MONAI bundle property (a train or inference
+    workflow's ``bundle_root``, ``train#trainer``, ...). A key read by the keys below it (a section such as
+    ``train``) or above it (an argument of ``network_settings``) counts as read."""
+    from monai.bundle import ConfigParser
+    from monai.bundle.properties import InferProperties, TrainProperties
+    from monai.bundle.utils import ID_SEP_KEY
+
+    properties = {
+        item["id"].replace(ID_SEP_KEY, "#") for group in (TrainProperties, InferProperties) for item in group.values()
+    }
+    folder = BUNDLES_DIR / name / "configs"
+    unread = {}
+    for file, run_as in RUN_AS.items():
+        merged = ConfigParser.load_config_files([str(folder / part) for part in run_as])
+        read = read_ids(merged) | properties | {"imports", "initialize", "run", "finalize"}
+        own = yaml.safe_load((folder / file).read_text())
+        missing = [
+            ident
+            for ident in config_ids(own)
+            if not any(
+                ident == other or other.startswith(f"{ident}#") or ident.startswith(f"{other}#") for other in read
+            )
+        ]
+        if missing:
+            unread[file] = missing
+    assert not unread, f"keys nothing reads (remove them in the spec or template with ~key): {unread}"
