@@ -17,10 +17,14 @@ nothing in the file being generated holds ``name`` yet, a top-level ``+name`` of
 
 The ``#`` comments of the templates and specs travel with the keys they describe (the comment lines right above a
 key and the comment at the end of its line; a later piece's comment on a key replaces an earlier one), and the
-keys of each config file are written in MONAI's reading order: imports; paths and settings; network; loss;
-optimiser and LR schedule; data pipeline pieces; ``train``; ``validate``; ``initialize``; ``run``; ``finalize``
+keys of each config file are written in the model zoo's reading order, one rule for every file: imports; paths
+and device; the settings a user changes (plain values) under ``# --- settings you may change ---``; values read
+from the datalist or the trained weights; network; loss; optimiser and LR schedule; transforms; dataset and
+dataloader; inferer; postprocessing; handlers; ``train``; ``validate``; ``initialize``; ``run``; ``finalize``
 (inside ``train``/``validate``: preprocessing, dataset, dataloader, inferer, postprocessing, metrics, handlers,
-engine). Every written config is read back with PyYAML (what MONAI reads) and must give the merged values.
+engine). Every other key (a component such as ``resampling``, an expression such as ``on_other_rank``, plumbing
+such as ``label_keys``) is written right above the first key that reads it. Every written config is read back with
+PyYAML (what MONAI reads) and must give the merged values.
 
 A spec with ``extends: <bundle>`` (a dataset/loss pairing of another bundle) is merged on top of that bundle's
 spec, resolved first (chains allowed; a cycle or an unknown bundle is an error naming the spec): its sections come
@@ -111,32 +115,42 @@ METADATA_KEYS = {
 }  # fmt: skip
 SPEC_KEYS = {*SECTIONS, "extends", "pieces", f"{MERGE_KEY}pieces", "data_license", "table"}  # a spec's top level
 
-# MONAI's reading order of a config file's top-level keys; a key not listed is a setting (rank 10) unless its
-# value is a component or a list of them (a data pipeline piece, rank 50)
+# The model zoo's reading order of a config file's top-level keys (spleen_ct_segmentation's train.json: imports,
+# paths, settings, network, loss, optimiser, transforms, dataset and dataloader, inferer, postprocessing, handlers,
+# engines, run). The settings a user changes (SETTING_RANK) come right after the paths, under SETTINGS_HEADING; any
+# other key not listed here (a component, an expression, a PLUMBING value) is written right above the first key that
+# reads it, next to the component that uses it (see :func:`top_level_keys`).
 TOP_LEVEL_ORDER = {
     "imports": 0,
     "bundle_root": 1,
     "ckpt_dir": 2,
     "ckpt_path": 3,
+    "pretrained_ckpt": 3,
+    "resume_checkpoint": 3,
     "dataset_dir": 4,
     "datalist": 5,
     "output_dir": 6,
+    "evaluation_dir": 6,
+    "device": 7,
+    "trained_settings": 15,
     "network_def": 20,
     "network": 21,
-    "loss": 31,
-    "trainable_parameters": 35,
+    "network_settings": 22,
+    "loss": 30,
     "optimizer": 40,
     "lr_scheduler": 45,
-    "validate_inputs": 48,
+    "load_image": 47,
+    "volume_from_slice": 48,
     "base_transforms": 49,
     "image_transforms": 49,
+    "shape_transforms": 50,
     "preprocessing": 51,
-    "inferer": 52,
-    "inversion": 53,
-    "postprocessing": 54,
-    "dataset": 60,
-    "dataloader": 61,
-    "segmenter": 62,
+    "dataset": 52,
+    "dataloader": 53,
+    "inferer": 54,
+    "inversion": 55,
+    "postprocessing": 56,
+    "handlers": 57,
     "evaluator": 63,
     "train": 70,
     "validate": 75,
@@ -145,7 +159,15 @@ TOP_LEVEL_ORDER = {
     "run": 95,
     "finalize": 99,
 }
-SETTING_RANK, COMPONENT_RANK, LOSS_RANK = 10, 50, 30
+SETTING_RANK, DERIVED_RANK, COMPONENT_RANK = 10, 16, 50
+# values read from the datalist or the trained weights: the data set's and the trained network's settings, written
+# after the settings (DERIVED_RANK), as are the values that nothing in their file reads (evaluate.yaml's for train.yaml)
+READ_SETTINGS = re.compile(r"\bread_datalist_field\(|@trained_settings\b")
+SETTINGS_HEADING = "--- settings you may change ---"
+# plain values that wire components together rather than set anything a user would change
+PLUMBING = frozenset(
+    {"label_keys", "spatial_keys", "spatial_modes", "target_key", "network_spatial_dims", "default_num_classes"}
+)
 # the same inside ``train`` and ``validate``; keys not listed are pieces of the preprocessing, or of the handlers
 # when their names say so
 PREPROCESSING_RANK, HANDLER_RANK = 10, 80
@@ -443,14 +465,72 @@ def _root(key: Any) -> str:
     return re.split(rf"#|{ID_SEP_KEY}", str(key).removeprefix(MERGE_KEY), maxsplit=1)[0]
 
 
-def top_level_rank(key: Any, value: Any) -> int:
-    """Position class of a top-level config key in MONAI's reading order (see :data:`TOP_LEVEL_ORDER`)."""
+REFERENCE = re.compile(r"[@%]([^\W\d]\w*)")  # the first level of an ``@id`` reference or ``%id`` macro
+
+
+def _holds_code(value: Any) -> bool:
+    """Whether ``value`` is or holds a component, a ``$`` expression, an ``@`` reference or a ``%`` macro."""
+    if isinstance(value, dict):
+        return "_target_" in value or any(_holds_code(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_holds_code(item) for item in value)
+    return isinstance(value, str) and value.startswith(("$", "@", "%"))
+
+
+def is_setting(key: Any, value: Any) -> bool:
+    """Whether a top-level key is a setting a user changes: a plain value (no code, not empty) that is no plumbing."""
+    root = _root(key)
+    return root not in TOP_LEVEL_ORDER and root not in PLUMBING and value not in (None, []) and not _holds_code(value)
+
+
+def top_level_rank(key: Any, value: Any) -> int | None:
+    """Position class of a top-level key in the zoo's reading order (:data:`TOP_LEVEL_ORDER`); None: by its readers."""
     root = _root(key)
     if root in TOP_LEVEL_ORDER:
         return TOP_LEVEL_ORDER[root]
-    if root.endswith("loss"):
-        return LOSS_RANK
-    return COMPONENT_RANK if _is_component(value) else SETTING_RANK
+    if isinstance(value, str) and value.startswith("$") and READ_SETTINGS.search(value):
+        return DERIVED_RANK
+    return SETTING_RANK if is_setting(key, value) else None
+
+
+def _read_roots(value: Any) -> set[str]:
+    """The top-level keys that ``value`` reads (``@key``, ``@key#item``, ``$...@key...``, ``%key``)."""
+    if isinstance(value, dict):
+        return set().union(*(_read_roots(item) for item in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_read_roots(item) for item in value))
+    return set(REFERENCE.findall(value)) if isinstance(value, str) else set()
+
+
+def top_level_keys(config: dict[str, Any]) -> list[Any]:
+    """The top-level keys of ``config`` in the zoo's reading order, each plumbing key next to its first reader.
+
+    Keys of :data:`TOP_LEVEL_ORDER` and the settings (:func:`is_setting`) are sorted by rank, insertion order within
+    a rank. Every other key is written right above the first of them (in that order) that reads it, after the keys
+    it reads that are placed the same way (so a chain of plumbing keys ends at its component); a key that nothing
+    in the file reads (e.g. one that ``evaluate.yaml`` sets for train.yaml's components) goes after the settings, or
+    among the data pipeline pieces if it is a component.
+    """
+    ranks = {key: top_level_rank(key, value) for key, value in config.items()}
+    order = sorted((key for key in config if ranks[key] is not None), key=lambda key: ranks[key])
+    roots = {key: _root(key) for key in config}
+    readers = {
+        key: [reader for reader in config if reader != key and roots[key] in _read_roots(config[reader])]
+        for key in config
+    }
+    pending = [key for key in config if ranks[key] is None]
+    while pending:
+        ready = [key for key in pending if not any(reader in pending for reader in readers[key])] or pending[:1]
+        for key in ready:
+            placed = [order.index(reader) for reader in readers[key] if reader in order]
+            if placed:
+                ranks[key] = ranks[order[min(placed)]]  # where its reader is
+            else:
+                ranks[key] = COMPONENT_RANK if _is_component(config[key]) else DERIVED_RANK
+                placed = [next((index for index, other in enumerate(order) if ranks[other] > ranks[key]), len(order))]
+            order.insert(min(placed), key)
+            pending.remove(key)
+    return order
 
 
 def engine_rank(key: Any, value: Any) -> int:
@@ -503,22 +583,27 @@ def _set_note(container: CommentedMap | CommentedSeq, key: Any, note: Note, colu
         container.yaml_add_eol_comment(f"# {note.inline}", key)
 
 
-def to_commented(value: Any, column: int = 0, rank: Callable[[Any, Any], int] | None = None) -> Any:
-    """A ruamel tree of ``value`` with its notes, keys ordered by ``rank`` (insertion order when None).
+def engine_keys(mapping: dict[str, Any]) -> list[Any]:
+    """The keys of ``train`` or ``validate`` in the zoo's reading order (:func:`engine_rank`)."""
+    return _ordered(mapping, engine_rank)
+
+
+def to_commented(value: Any, column: int = 0, order: Callable[[dict[str, Any]], list[Any]] | None = None) -> Any:
+    """A ruamel tree of ``value`` with its notes, keys ordered by ``order`` (insertion order when None).
 
     Args:
         value: a merged config value.
         column: the column of this value's keys or list dashes.
-        rank: orders the keys of this mapping; ``train`` and ``validate`` below it are ordered by
-            :func:`engine_rank`.
+        order: the keys of this mapping in the order to write them; with :func:`top_level_keys`, ``train`` and
+            ``validate`` below it are ordered by :func:`engine_keys`.
     """
     if isinstance(value, dict):
         value = _as_mapping(value)
         result = CommentedMap()
-        keys = _ordered(value, rank) if rank else list(value)
+        keys = order(value) if order else list(value)
         for key in keys:
-            engine = rank is top_level_rank and key in ENGINE_SECTIONS
-            result[key] = to_commented(value[key], column + INDENT, engine_rank if engine else None)
+            engine = order is top_level_keys and key in ENGINE_SECTIONS
+            result[key] = to_commented(value[key], column + INDENT, engine_keys if engine else None)
             note = value.notes.get(key, Note())
             _fit_flow_style(result[key], value[key], column + len(str(key)) + 2)
             if isinstance(result[key], str):
@@ -594,13 +679,35 @@ def _two_spaces_before_comments(text: str, comments: set[str]) -> str:
     return "\n".join(lines)
 
 
-def dump_yaml(content: NotedMapping, header: str = "", rank: Callable[[Any, Any], int] | None = top_level_rank) -> str:
-    """YAML text of a config: keys in MONAI's reading order, notes as comments, checked by reading it back.
+def with_settings_heading(content: NotedMapping) -> NotedMapping:
+    """``content`` with :data:`SETTINGS_HEADING` above its first setting and a blank line before and after them."""
+    keys = top_level_keys(content)
+    settings = [index for index, key in enumerate(keys) if top_level_rank(key, content[key]) == SETTING_RANK]
+    if not settings:
+        return content
+    result = copy.copy(content)
+    result.notes = dict(content.notes)
+    first = keys[settings[0]]
+    note = result.notes.get(first, Note())
+    result.notes[first] = Note(("", SETTINGS_HEADING, *note.above), note.inline)  # "": a blank line
+    if settings[-1] + 1 < len(keys):
+        after = keys[settings[-1] + 1]
+        note = result.notes.get(after, Note())
+        result.notes[after] = Note(("", *note.above), note.inline)
+    return result
+
+
+def dump_yaml(
+    content: NotedMapping, header: str = "", order: Callable[[dict[str, Any]], list[Any]] | None = top_level_keys
+) -> str:
+    """YAML text of a config: keys in the zoo's reading order, settings first, notes as comments, read back checked.
 
     Raises:
         SpecError: PyYAML (what MONAI reads configs with) reads the text back as other values.
     """
-    tree = to_commented(content, rank=rank)
+    if order is top_level_keys:
+        content = with_settings_heading(_as_mapping(content))
+    tree = to_commented(content, order=order)
     if header:
         tree.yaml_set_start_comment(header)
     stream = io.StringIO()

@@ -157,7 +157,7 @@ def test_train_config_builds_the_loss_of_its_pairing(name):
     loss = parser.get_parsed_content("loss")
     assert isinstance(loss, NNUNetDeepSupervisionLoss)
     assert type(loss.loss).__name__ == train["loss"]["loss"]["_target_"].rsplit(".", 1)[-1]
-    computes_map = train["train"]["rw_map"] is not None
+    computes_map = "rw_map" in train["train"]  # the pairings whose loss reads no map drop it (`~rw_map`)
     expected_keys = ["label", "rw_map"] if computes_map else ["label"]
     assert parser.get_parsed_content("target_key") == "target"
     assert parser.get_parsed_content("label_keys") == expected_keys

@@ -18,6 +18,14 @@ GENERATOR = runpy.run_path(str(REPO / "scripts" / "generate_bundles.py"))
 BUNDLES_DIR = REPO / "bundles"
 ALL_BUNDLES = sorted(path.parent.name for path in BUNDLES_DIR.glob("*/bundle.yaml"))
 SpecError = GENERATOR["SpecError"]
+# config file -> the files MONAI merges to run it (evaluate.yaml and multi_gpu_train.yaml go over train.yaml)
+RUN_AS = {
+    "train.yaml": ("train.yaml",),
+    "evaluate.yaml": ("train.yaml", "evaluate.yaml"),
+    "multi_gpu_train.yaml": ("train.yaml", "multi_gpu_train.yaml"),
+    "inference.yaml": ("inference.yaml",),
+}
+READ_ID = re.compile(r"[@%]([^\W\d]\w*(?:(?:#|::)\w+)*)")  # an @id reference or %id macro, nested ids included
 
 
 @pytest.fixture
@@ -119,7 +127,8 @@ def test_comments_travel_with_their_keys_and_later_pieces_replace_them():
     assert settings["items"].notes[0].inline == "first item" and settings["items"].notes[1].above == ("second item",)
     assert [item if isinstance(item, str) else item["_target_"] for item in settings["items"]] == ["A", "@ref", "B"]
     text = GENERATOR["dump_yaml"](settings, header="usage line")
-    assert text.splitlines()[:3] == ["# usage line", "seed: 1  # another seed", "# the optimiser"]
+    heading = f"# {GENERATOR['SETTINGS_HEADING']}"
+    assert text.splitlines()[:5] == ["# usage line", "", heading, "seed: 1  # another seed", "# the optimiser"]
     assert "  - _target_: A  # first item\n    keys: [image, label]\n  # second item\n  - '@ref'\n" in text
     assert yaml.safe_load(text) == {"seed": 1, "lr": 0.01, "url": "http://x#y", "items": settings["items"]}
 
@@ -140,6 +149,29 @@ def test_configs_are_written_in_monai_reading_order_and_read_back_by_pyyaml():
     assert "learning_rate: 3.0e-05" in text  # PyYAML reads 3e-05 as a string
     assert all(len(line) <= 120 for line in text.splitlines())
     assert yaml.safe_load(text)["long"] == config["long"]
+
+
+def test_settings_come_first_under_one_heading_and_plumbing_sits_next_to_its_reader():
+    config = merge(
+        "imports: ['$import os']\ndataset_dir: /data\ndatalist: $@dataset_dir + '/d.json'\nepochs: 3\n"
+        "target_key: target  # plumbing\nweights: {_target_: W}\nrank: $torch.distributed.get_rank()\n"
+        "network_def: {_target_: N, out_channels: '@num_classes'}\nshape_transforms: []\n"
+        "loss: {_target_: L, weight: '@weights'}\nnum_classes: $read_datalist_field(@datalist, 'num_classes')\n"
+        "train: {trainer: {_target_: T, prepare_batch: '@target_key'}, handlers: [{_disabled_: '@rank'}]}\n"
+        "learning_rate: 0.1\nempty: []\nunread: $1 + 1\nrun: ['$x']\n",
+        "{}\n",
+    )
+    text = GENERATOR["dump_yaml"](config)
+    keys = [line.split(":")[0] for line in text.splitlines() if line and line[0].isalpha()]
+    assert keys == [
+        *("imports", "dataset_dir", "datalist", "epochs", "learning_rate"),  # paths, then the settings
+        *("num_classes", "empty", "unread", "network_def"),  # from the datalist; what nothing in this file reads
+        *("weights", "loss", "shape_transforms", "target_key", "rank", "train", "run"),  # each above its reader
+    ]
+    lines = text.splitlines()
+    heading = lines.index(f"# {GENERATOR['SETTINGS_HEADING']}")
+    assert lines[heading - 1] == "" and lines[heading + 1] == "epochs: 3" and lines[heading + 3] == ""
+    assert yaml.safe_load(text) == GENERATOR["_plain"](config)
 
 
 def test_generator_reports_a_broken_spec(spec_folder):
@@ -253,3 +285,52 @@ def test_comment_marks_inside_quoted_values_stay_values():
 def test_a_tilde_key_removes_a_setting_nothing_reads_any_more():
     merged = GENERATOR["deep_merge"]({"kept": 1, "dropped": [1.0], "nested": {"a": 1}}, {"~dropped": None}, "spec")
     assert GENERATOR["_plain"](merged) == {"kept": 1, "nested": {"a": 1}}
+
+
+def config_ids(config: dict, prefix: str = ""):
+    """Every key of a config as a MONAI id, nested ones too (below mappings that are not components)."""
+    for key, value in config.items():
+        ident = f"{prefix}#{key}" if prefix else str(key).removeprefix("+").replace("::", "#")
+        yield ident
+        if isinstance(value, dict) and "_target_" not in value:
+            yield from config_ids(value, ident)
+
+
+def read_ids(value) -> set[str]:
+    if isinstance(value, dict):
+        return set().union(*(read_ids(item) for item in value.values()))
+    if isinstance(value, list):
+        return set().union(*(read_ids(item) for item in value))
+    return {found.replace("::", "#") for found in READ_ID.findall(value)} if isinstance(value, str) else set()
+
+
+@pytest.mark.parametrize("name", ALL_BUNDLES)
+def test_every_key_of_the_generated_configs_is_read(name):
+    """No key that nothing reads (such as a pairing's `train#rw_map: null`): each id, top-level or nested, is read by
+    an ``@``/``%`` reference or ``$`` expression of the config it runs in (evaluate.yaml and multi_gpu_train.yaml
+    merged over train.yaml), is a workflow entry point, or is a MONAI bundle property (a train or inference
+    workflow's ``bundle_root``, ``train#trainer``, ...). A key read by the keys below it (a section such as
+    ``train``) or above it (an argument of ``network_settings``) counts as read."""
+    from monai.bundle import ConfigParser
+    from monai.bundle.properties import InferProperties, TrainProperties
+    from monai.bundle.utils import ID_SEP_KEY
+
+    properties = {
+        item["id"].replace(ID_SEP_KEY, "#") for group in (TrainProperties, InferProperties) for item in group.values()
+    }
+    folder = BUNDLES_DIR / name / "configs"
+    unread = {}
+    for file, run_as in RUN_AS.items():
+        merged = ConfigParser.load_config_files([str(folder / part) for part in run_as])
+        read = read_ids(merged) | properties | {"imports", "initialize", "run", "finalize"}
+        own = yaml.safe_load((folder / file).read_text())
+        missing = [
+            ident
+            for ident in config_ids(own)
+            if not any(
+                ident == other or other.startswith(f"{ident}#") or ident.startswith(f"{other}#") for other in read
+            )
+        ]
+        if missing:
+            unread[file] = missing
+    assert not unread, f"keys nothing reads (remove them in the spec or template with ~key): {unread}"
