@@ -8,7 +8,9 @@ spacing, and the number of negative components of the RW-loss gradient dL/dlogit
 fraction of voxels with more than one negative component per map and writes ``<output-dir>/<case>_instability.png``
 with one panel per map over a slice (``<case>`` is the label's path below the labels' common folder, without
 the suffix, so equally named labels of two folders get two figures). Failed cases are reported at the end (exit
-status 1).
+status 1). Before any figure is written, every label is checked for values that are not whole numbers and every
+``--prediction`` for NaN or infinite values: such a file is refused with one ``error:`` line naming it (exit
+status 2); labels are never rounded.
 
     python scripts/instability_diagnostic.py --label patient001_frame01_gt.nii.gz --image patient001_frame01.nii.gz \
         --num-classes 4 --output-dir figures
@@ -24,9 +26,14 @@ import numpy as np
 import torch
 
 from common.data.nifti import load_volume
-from common.errors import install_error_hook
+from common.errors import EXIT_USER_ERROR, UserError, install_error_hook
 from common.evaluation.case_metrics import case_ids
-from common.evaluation.diagnostics import multi_negative_fraction, negative_component_count
+from common.evaluation.diagnostics import (
+    check_finite_scores,
+    integer_labels,
+    multi_negative_fraction,
+    negative_component_count,
+)
 from common.evaluation.metrics import spacing_from_affine
 from common.evaluation.plots import plot_diagnostic_overlay
 from common.maps import active_contour_map, boundary_map, rrw_map
@@ -48,6 +55,7 @@ def read_prediction(path: Path, shape: tuple[int, ...], num_classes: int, probab
     array, _ = load_volume(path, spatial_dims=len(shape) + 1)
     if array.shape != (*shape, num_classes):
         raise ValueError(f"{path}: expected shape {(*shape, num_classes)} (classes last), got {array.shape}")
+    check_finite_scores(array, path, probabilities)
     values = torch.as_tensor(np.moveaxis(np.asarray(array, dtype=np.float32), -1, 0))
     return torch.log(values.clamp_min(1e-12)) if probabilities else values
 
@@ -56,7 +64,7 @@ def diagnose(
     args: argparse.Namespace, case: str, label_path: Path, image_path: Path | None, prediction_path: Path | None
 ):
     label, affine = load_volume(label_path)
-    label = np.asarray(label).round().astype(np.int64)
+    label = integer_labels(label, label_path)
     spacing = None if args.voxel_units else spacing_from_affine(affine)
     if prediction_path is not None:
         logits = read_prediction(prediction_path, label.shape, args.num_classes, args.probabilities)
@@ -95,6 +103,28 @@ def diagnose(
     return fractions, output
 
 
+def check_values(label_paths: list[Path], prediction_paths: list[Path | None], probabilities: bool) -> None:
+    """Refuse, before any figure is written, labels that are not whole numbers and non-finite predictions.
+
+    A file that cannot be read is left to the per-case run, which lists it among the failed cases.
+
+    Raises:
+        DiagnosticInputError: naming the first such file and its problem.
+    """
+    for label_path, prediction_path in zip(label_paths, prediction_paths, strict=True):
+        try:
+            label, _ = load_volume(label_path)
+        except (ValueError, OSError):
+            continue
+        integer_labels(label, label_path)
+        if prediction_path is not None:
+            try:
+                prediction, _ = load_volume(prediction_path, spatial_dims=4)
+            except (ValueError, OSError):
+                continue
+            check_finite_scores(prediction, prediction_path, probabilities)
+
+
 def paired_inputs(
     parser: argparse.ArgumentParser, paths: list[Path] | None, count: int, option: str
 ) -> list[Path | None]:
@@ -128,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("each --label file may be given once")
     # figures are named by the label's path below the labels' common folder: x.nii.gz of two sites stay two figures
     cases = case_ids([str(path) for path in args.label])
+    try:
+        check_values(args.label, predictions, args.probabilities)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
     titles = [MAPS[key][0] for key in args.maps]
     print(f"fraction of voxels with more than one negative gradient component ({args.num_classes} classes)")
     print(f"{'case':<32}" + "".join(f"{title:>16}" for title in titles))

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import csv
+import os
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -11,7 +14,10 @@ import torch
 from monai.engines import SupervisedTrainer
 
 from common.evaluation.diagnostics import (
+    DiagnosticInputError,
     InstabilityDiagnosticHandler,
+    check_finite_scores,
+    integer_labels,
     multi_negative_counts,
     multi_negative_fraction,
     negative_component_count,
@@ -155,3 +161,57 @@ def test_voxels_without_supervision_are_left_out():
     assert multi_negative_counts(logits, rw_map) == (1, 2)
     assert multi_negative_fraction(logits, rw_map) == 0.5
     assert np.isnan(multi_negative_fraction(logits, torch.zeros_like(rw_map)))
+
+
+def test_label_values_must_be_whole_numbers_and_scores_finite():
+    assert integer_labels(np.array([[0.0, 3.0], [1.0, 2.0]], dtype=np.float32), "a.nii.gz").tolist() == [[0, 3], [1, 2]]
+    assert integer_labels(np.array([[0, 3]], dtype=np.uint8), "a.nii.gz").dtype == np.int64
+    # 1.5 and 2.25 in two voxels, NaN in one: three voxels, never rounded
+    with pytest.raises(DiagnosticInputError, match=r"^a\.nii\.gz: 3 voxel\(s\) hold .*\(1\.5, 2\.25, nan\)"):
+        integer_labels(np.array([[0.0, 1.5], [2.25, np.nan]]), "a.nii.gz")
+    check_finite_scores(np.array([-1e30, 0.0, 7.5]), "p.nii.gz")
+    with pytest.raises(DiagnosticInputError, match=r"^p\.nii\.gz: 1 NaN and 2 infinite value\(s\) among the logits"):
+        check_finite_scores(np.array([np.nan, np.inf, -np.inf, 0.0]), "p.nii.gz")
+    with pytest.raises(DiagnosticInputError, match="among the probabilities"):
+        check_finite_scores(np.array([np.nan, 1.0]), "p.nii.gz", probabilities=True)
+
+
+def test_instability_script_refuses_fractional_labels_and_non_finite_predictions(tmp_path, capsys):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "instability_diagnostic.py"
+    main = runpy.run_path(str(script))["main"]
+    label = np.zeros((4, 4, 2), dtype=np.float32)
+    label[1:3, 1:3] = 1.0
+    good_path, fractional_path = tmp_path / "good_gt.nii.gz", tmp_path / "fractional_gt.nii.gz"
+    nib.save(nib.Nifti1Image(label, np.eye(4)), good_path)
+    label[0, 0, 0] = 0.5  # e.g. a label resampled with linear interpolation: rounding would hide it
+    nib.save(nib.Nifti1Image(label, np.eye(4)), fractional_path)
+    figures = tmp_path / "figures"
+
+    # the good label first: nothing is written before the refusal
+    argv = ["--label", str(good_path), str(fractional_path), "--num-classes", "2", "--output-dir", str(figures)]
+    assert main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {fractional_path}: 1 voxel(s) hold values that are not whole numbers (0.5)")
+    assert not figures.exists()
+
+    logits = np.zeros((4, 4, 2, 2), dtype=np.float32)
+    logits[0, 0, 0, 1] = np.nan
+    logits[1, 1, 1, 0] = np.inf
+    prediction_path = tmp_path / "logits.nii.gz"
+    nib.save(nib.Nifti1Image(logits, np.eye(4)), prediction_path)
+    argv = ["--label", str(good_path), "--prediction", str(prediction_path), "--num-classes", "2"]
+    for extra, kind in (([], "logits"), (["--probabilities"], "probabilities")):
+        assert main([*argv, *extra, "--output-dir", str(figures)]) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last == (
+            f"error: {prediction_path}: 1 NaN and 1 infinite value(s) among the {kind}; the gradient signs are "
+            f"undefined there: give finite {kind}"
+        )
+    assert not figures.exists()
+
+    # the entry point itself: one error line last, exit status 2
+    env = {**os.environ, "PYTHONPATH": str(script.parents[1])}
+    argv = ["--label", str(fractional_path), "--num-classes", "2", "--output-dir", str(figures)]
+    result = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {fractional_path}: 1 voxel(s)")

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from common.evaluation.plots import plot_curves, plot_diagnostic_overlay, plot_ecdf, plot_segmentation_overlay
+from common.evaluation.plots import (
+    plot_curves,
+    plot_diagnostic_overlay,
+    plot_ecdf,
+    plot_run_summary,
+    plot_segmentation_overlay,
+)
 
 
 def is_png(path) -> bool:
@@ -36,6 +42,20 @@ def test_segmentation_overlay_colours_labelled_pixels(tmp_path):
     pixels = imread(path)[..., :3]
     # a black image: only the label panel's overlay is coloured
     assert (pixels.max(axis=2) - pixels.min(axis=2)).max() > 0.2
+
+
+def test_run_summary_writes_one_png_and_refuses_to_overwrite(tmp_path):
+    image = np.random.default_rng(0).random((20, 16))
+    label = np.zeros((20, 16), dtype=int)
+    label[5:15, 4:12] = 2
+    curves = ([1, 2, 3, 4], [0.5, 0.3, 0.2, 0.1]), ([2, 4], [0.4, 0.7])
+    path = plot_run_summary(*curves, image, label, label, tmp_path / "run.png", num_classes=3)
+    assert is_png(path) and imread(path).shape[1] > imread(path).shape[0]
+    with pytest.raises(FileExistsError, match="run.png"):
+        plot_run_summary(*curves, image, label, label, tmp_path / "run.png")
+    with pytest.raises(ValueError, match="shapes differ"):
+        plot_run_summary(*curves, image, label[:4], label, tmp_path / "bad.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["run.png"]
 
 
 def test_diagnostic_overlay_and_shape_check(tmp_path):

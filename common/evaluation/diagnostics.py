@@ -6,6 +6,10 @@ well-posed map has exactly one negative component per voxel (the true class). An
 RW-Boundary map with more than two classes gives several negative components at many voxels, which pushes the
 prediction towards several classes at once: the instability the paper reports. The batch-mean RW loss scales each
 voxel's gradient by a positive constant, so the signs, and the counts below, are the same for it.
+
+:func:`integer_labels` and :func:`check_finite_scores` refuse the diagnostic's inputs that would give a wrong count
+without an error: a label with fractional (or NaN) values, which rounding would turn into other classes, and logits
+or probabilities with NaN or infinite values, whose softmax and gradient signs are undefined.
 """
 
 from __future__ import annotations
@@ -17,15 +21,65 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
-from common.errors import ensure_absent
+from common.errors import UserError, ensure_absent
 from common.files import atomic_output
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
 logger = logging.getLogger(__name__)
+
+
+class DiagnosticInputError(UserError, ValueError):
+    """A label or prediction file the diagnostic refuses; the message names the file and the problem."""
+
+
+def integer_labels(label: np.ndarray, source: str | os.PathLike) -> np.ndarray:
+    """``label`` as int64 when every value is a whole number; fractional, NaN or infinite values are refused.
+
+    Args:
+        label: label volume as read from ``source`` (any numeric type).
+        source: the file it was read from, for the message.
+
+    Returns:
+        The label as an int64 array (no rounding: the values are whole numbers already).
+
+    Raises:
+        DiagnosticInputError: naming ``source``, how many voxels hold other values and a few of them.
+    """
+    label = np.asarray(label)
+    if label.dtype.kind in "biu":
+        return label.astype(np.int64)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(label) | (label != np.round(label))
+    if bad.any():
+        values = np.unique(label[bad])
+        shown = ", ".join(f"{value:g}" for value in values[:5]) + (", ..." if values.size > 5 else "")
+        raise DiagnosticInputError(
+            f"{os.fspath(source)}: {int(bad.sum())} voxel(s) hold values that are not whole numbers ({shown}); "
+            "a label volume holds class indices: give the label file itself, not an interpolated or averaged volume"
+        )
+    return label.astype(np.int64)
+
+
+def check_finite_scores(values: np.ndarray, source: str | os.PathLike, probabilities: bool = False) -> None:
+    """Refuse logits (or probabilities) with NaN or infinite values, naming the file and the counts.
+
+    Raises:
+        DiagnosticInputError: when some value is not finite.
+    """
+    values = np.asarray(values)
+    if values.dtype.kind not in "fc" or np.isfinite(values).all():
+        return
+    nan, infinite = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+    kind = "probabilities" if probabilities else "logits"
+    raise DiagnosticInputError(
+        f"{os.fspath(source)}: {nan} NaN and {infinite} infinite value(s) among the {kind}; the gradient signs are "
+        f"undefined there: give finite {kind}"
+    )
 
 
 def rw_logit_gradient(logits: torch.Tensor, rw_map: torch.Tensor, dim: int = 1) -> torch.Tensor:

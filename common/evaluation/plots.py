@@ -1,4 +1,4 @@
-"""PNG figures for run comparison: curves, empirical CDFs, qualitative overlays and the instability diagnostic.
+"""PNG figures for run comparison: curves, empirical CDFs, qualitative overlays, run summaries, instability diagnostic.
 
 Figures are drawn with `matplotlib.figure.Figure` (Agg canvas), so nothing touches pyplot's global state or needs a
 display, and each PNG is written atomically.
@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from common.errors import ensure_absent
 from common.files import atomic_output
@@ -143,16 +144,74 @@ def plot_segmentation_overlay(
         ValueError: when the slices are not 2D arrays of one shape.
     """
     _check_slices(image, label, prediction)
-    num_classes = num_classes or int(max(label.max(), prediction.max())) + 1
-    colormap, norm = _label_colormap(num_classes)
     figure = Figure(figsize=(10, 3.6))
-    panels = figure.subplots(1, 3)
-    for axes, overlay, name in zip(panels, (None, label, prediction), ("image", "label", "prediction"), strict=True):
+    _draw_overlays(figure.subplots(1, 3), image, {"image": None, "label": label, "prediction": prediction}, num_classes)
+    if title:
+        figure.suptitle(title)
+    return save_figure(figure, path, overwrite=overwrite)
+
+
+def _draw_overlays(
+    panels: Sequence, image: np.ndarray, overlays: Mapping[str, np.ndarray | None], num_classes: int | None
+) -> None:
+    """One panel per named overlay: the image, with the labels (``None``: the image alone) over it."""
+    present = [overlay for overlay in overlays.values() if overlay is not None]
+    num_classes = num_classes or int(max(overlay.max() for overlay in present)) + 1
+    colormap, norm = _label_colormap(num_classes)
+    for axes, (name, overlay) in zip(panels, overlays.items(), strict=True):
         axes.imshow(image.T, cmap="gray", origin="lower")
         if overlay is not None:
             axes.imshow(overlay.T, cmap=colormap, norm=norm, origin="lower", interpolation="nearest")
         axes.set_title(name)
         axes.axis("off")
+
+
+def plot_run_summary(
+    train_loss: tuple[Sequence[float], Sequence[float]],
+    validation_dice: tuple[Sequence[float], Sequence[float]],
+    image: np.ndarray,
+    label: np.ndarray,
+    prediction: np.ndarray,
+    path: str | os.PathLike,
+    num_classes: int | None = None,
+    title: str = "",
+    overwrite: bool = False,
+) -> Path:
+    """One training run on one figure: its training curve, and a segmented slice over its image.
+
+    Left, the mean training loss per epoch and, on a second axis, the validation Dice at the validated epochs; then
+    the slice with its ground truth and with the prediction over it.
+
+    Args:
+        train_loss: ``(epochs, loss)`` of the training.
+        validation_dice: ``(epochs, Dice)`` of the validation runs.
+        image: 2D intensity slice.
+        label: 2D integer ground truth.
+        prediction: 2D integer prediction.
+        path: output PNG.
+        num_classes: number of classes (from the data when ``None``).
+        title: figure title.
+        overwrite: replace an existing file.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: when the slices are not 2D arrays of one shape.
+    """
+    _check_slices(image, label, prediction)
+    figure = Figure(figsize=(13, 3.6))
+    curve, *panels = figure.subplots(1, 3, width_ratios=[1.4, 1, 1])
+    curve.plot(*train_loss, color="tab:blue", linewidth=1.2)
+    curve.set(xlabel="epoch", ylabel="training loss")
+    curve.xaxis.set_major_locator(MaxNLocator(integer=True))
+    curve.yaxis.label.set_color("tab:blue")
+    curve.grid(alpha=0.3)
+    dice = curve.twinx()
+    dice.plot(*validation_dice, color="tab:orange", marker="o", markersize=3, linewidth=1.2)
+    dice.set(ylabel="validation Dice", ylim=(0, 1))
+    dice.yaxis.label.set_color("tab:orange")
+    _draw_overlays(panels, image, {"ground truth": label, "final weights' segmentation": prediction}, num_classes)
     if title:
         figure.suptitle(title)
     return save_figure(figure, path, overwrite=overwrite)
