@@ -78,7 +78,7 @@ class StudyOptions:
         max_parallel: runs at once (local: processes; slurm: the job array's parallelism).
         runs: runs per bundle (default: the study's, or its demo's).
         only: bundles to run (default: all of the study's).
-        settings: bundle settings for every run (checked data, ``common.evaluation.studies.settings``).
+        settings: bundle settings for every run (checked data, ``common.data.settings``).
         gpus_per_run: GPUs of each run; more than one trains with torchrun and ``configs/multi_gpu_train.yaml``.
         partition, time_min, mem, cpus_per_run, slurm_extra, slurm_setup: SLURM job options.
         wait: wait for SLURM jobs and collect (False: submit and return; a later call collects).
