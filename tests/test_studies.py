@@ -249,7 +249,7 @@ def _toy_study(aggregate: str) -> Study:
     rows = (Row("acdc17_rrw", "ref", cells), Row("acdc17_dice", "other", cells))
     structures = (Structure("A", "first"), Structure("B", None, order=1), Structure("Avg", average=True))
     return Study(
-        "toy", Path("toy.yaml"), "toy", "paper", "T", "", "acdc", (), "seed", 2, aggregate, "acdc17_rrw",
+        "toy", Path("toy.yaml"), "toy", "paper", "T", "acdc", (), "seed", 2, aggregate, "acdc17_rrw",
         ("dice", "hd"), structures, rows, {}, {}, {}, False,
     )  # fmt: skip
 
