@@ -93,3 +93,14 @@ def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
     with atomic_output(path) as temporary:
         temporary.write_bytes(data)
     return Path(path)
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_output`), replacing an existing file.
+
+    Returns:
+        The destination path.
+    """
+    with atomic_output(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from common.data.settings import as_bundle_flag
-from common.evaluation.studies.spec import LAYOUTS, REPO_ROOT, Study, StudyError, write_text_atomic
+from common.evaluation.studies.spec import LAYOUTS, REPO_ROOT, Study, StudyError
+from common.files import write_text_atomic
 
 PER_CASE_CSV = Path("eval") / "evaluation" / "case_metrics_per_case.csv"
 VALIDATION_CSV = Path("eval") / "validation_metrics.csv"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,23 +225,6 @@ def load_study(name_or_path: str | os.PathLike, directory: Path = STUDIES_DIR) -
         convergence=bool(raw.get("convergence", False)),
         notes=str(raw.get("notes", "")),
     )
-
-
-def write_text_atomic(text: str, path: Path) -> Path:
-    """Write ``text`` next to ``path`` and rename it into place (the old file or the new one, never half)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(temporary, 0o666 & ~mask)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def finite(value: float | None) -> bool:

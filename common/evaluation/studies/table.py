@@ -23,8 +23,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +32,9 @@ import numpy as np
 from common.evaluation.metrics import STATUS_ABSENT, STATUS_PRESENT
 from common.evaluation.statistics import paired_permutation_test
 from common.evaluation.studies.runs import PER_CASE_CSV, VALIDATION_CSV
-from common.evaluation.studies.spec import Study, finite, write_text_atomic
+from common.evaluation.studies.spec import Study, finite
 from common.evaluation.tables import read_results_csv
+from common.files import write_text_atomic
 
 TABLE_COLUMNS = ("bundle", "structure", "metric", "mean", "std", "runs", "paper", "p_value", "paper_std", "paper_mark")
 METRIC_TITLES = {"dice": "Dice", "hd": "HD (mm)", "hd95": "HD95 (mm)"}
@@ -258,24 +257,6 @@ def table_markdown(study: Study, rows: Sequence[TableRow], alpha: float = 0.05, 
     return "\n".join(lines) + "\n"
 
 
-def _save_figure(figure: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(descriptor)
-    try:
-        figure.savefig(temporary, dpi=100)  # type: ignore[attr-defined]
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def box_plots(study: Study, values: dict[str, dict[int, dict]], output_dir: Path) -> list[Path]:
     """One PNG per metric: per structure, a box of each bundle's per-case values.
 
@@ -285,6 +266,8 @@ def box_plots(study: Study, values: dict[str, dict[int, dict]], output_dir: Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from common.evaluation.plots import save_figure  # matplotlib only when a figure is drawn
 
     bundles = [bundle for bundle in study.bundles if values.get(bundle)]
     paths = []
@@ -303,7 +286,7 @@ def box_plots(study: Study, values: dict[str, dict[int, dict]], output_dir: Path
         figure.suptitle(f"{study.title}: {METRIC_TITLES[metric]}", fontsize=10)
         figure.tight_layout()
         path = output_dir / f"boxplot_{metric}.png"
-        _save_figure(figure, path)
+        save_figure(figure, path, overwrite=True, dpi=100)
         plt.close(figure)
         paths.append(path)
     return paths
@@ -318,6 +301,8 @@ def convergence_plot(study: Study, run_dirs: dict[str, list[Path]], output_dir: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from common.evaluation.plots import save_figure  # matplotlib only when a figure is drawn
 
     figure, axis = plt.subplots(figsize=(6, 4))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -344,7 +329,7 @@ def convergence_plot(study: Study, run_dirs: dict[str, list[Path]], output_dir: 
     axis.legend(fontsize=7)
     figure.tight_layout()
     path = output_dir / "convergence.png"
-    _save_figure(figure, path)
+    save_figure(figure, path, overwrite=True, dpi=100)
     plt.close(figure)
     return path
 

@@ -23,8 +23,9 @@ from common.evaluation.studies.runs import (
     runs_per_bundle,
     selected_bundles,
 )
-from common.evaluation.studies.spec import REPO_ROOT, Study, StudyError, write_text_atomic
+from common.evaluation.studies.spec import REPO_ROOT, Study, StudyError
 from common.evaluation.studies.table import write_outputs
+from common.files import write_text_atomic
 
 DEMO_DATA = "demo_data"
 
