@@ -223,8 +223,7 @@ def root_cause(error: BaseException) -> BaseException:
             break
     user_errors = [link for link in chain if is_user_error(link)]
     if user_errors:
-        translated = as_user_error(user_errors[0])
-        return translated if translated is not None and translated is not user_errors[0] else user_errors[0]
+        return as_user_error(user_errors[0]) or user_errors[0]
     return next((link for link in chain if not _is_wrapper(link)), chain[-1])
 
 
