@@ -220,20 +220,19 @@ def network_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def check_fits_network(
-    checkpoint: Path, inference: Mapping[str, Any], settings: Mapping[str, Any], source: str
-) -> None:
-    """Build the inference config's ``network_def`` and load ``checkpoint`` into it (heads dropped).
+def check_fits_network(checkpoint: Path, config: Mapping[str, Any], source: str) -> None:
+    """Build the config's ``network_def`` and load ``checkpoint`` into it (strictly; an inference network drops the
+    checkpoint's training-only heads), so that ``monai.bundle.load`` of either config gets every weight from it.
 
     Raises:
         ValueError: other network settings or weights of another network (the message names the checkpoint).
     """
     from monai.bundle import ConfigParser
 
-    parser = ConfigParser(dict(inference))
+    parser = ConfigParser(dict(config))
     network = parser.get_parsed_content("network_def", instantiate=True)
     try:
-        load_network_weights(network, checkpoint, settings)
+        load_network_weights(network, checkpoint, network_settings(config))
     except ValueError as error:
         raise ValueError(f"{error}; network_def of {source}") from error
 
@@ -319,7 +318,19 @@ TORCHSCRIPT_COMMAND = (
 )
 
 
-def bundle_blocks(metadata: Mapping[str, Any], weights_inline: bool) -> dict[str, str]:
+def load_block(name: str) -> str:
+    """README lines saying how to get the trained network in Python with ``monai.bundle.load``."""
+    return (
+        'The trained network in Python, every weight from `models/model.pt` (`workflow_type` `"train"` gives the\n'
+        "same weights). Its code lives in `scripts/`, which MONAI puts on the import path only when it runs a\n"
+        "workflow (`monai.bundle run`), so put the bundle folder there first:\n\n```python\nimport sys\n\n"
+        "from monai.bundle import load\n\n"
+        f'sys.path.insert(0, "/path/to/{name}")  # the bundle folder\n'
+        f'network = load("{name}", bundle_dir="/path/to", workflow_type="inference", device="cpu")\n```\n'
+    )
+
+
+def bundle_blocks(name: str, metadata: Mapping[str, Any], weights_inline: bool) -> dict[str, str]:
     """The README paragraphs of the zip that replace the repository's (``<!-- repository: NAME -->`` blocks)."""
     weights = (
         "The trained weights `models/model.pt` are part of this bundle."
@@ -334,7 +345,8 @@ def bundle_blocks(metadata: Mapping[str, Any], weights_inline: bool) -> dict[str
         + weights
         + "\n\nThe TorchScript module of the inference network (as the model zoo builds it):\n\n```bash\n"
         + TORCHSCRIPT_COMMAND
-        + "\n```\n",
+        + "\n```\n\n"
+        + load_block(name),
     }
 
 
@@ -350,7 +362,7 @@ def rewrite_readme(text: str, name: str, metadata: Mapping[str, Any], weights_in
         staged: the staged bundle folder (its configs and vendored scripts in place).
     """
     text = GENERATED_LINE.sub("", text)
-    blocks = bundle_blocks(metadata, weights_inline)
+    blocks = bundle_blocks(name, metadata, weights_inline)
     text = REPOSITORY_BLOCK.sub(lambda match: blocks[match.group(1)], text)
     stems = "|".join(sorted(re.escape(path.stem) for path in (staged / "configs").glob("*.json")))
     text = re.sub(rf"(?<![\w/.-])(?:configs/)?({stems})\.ya?ml\b", r"configs/\1.json", text)
@@ -449,7 +461,8 @@ def export_bundle(
         raise ValueError(f"--set {sorted(missing)}: not a top-level setting of {name}'s configs")
     for config in configs.values():
         config.update({key: value for key, value in settings.items() if key in config})
-    check_fits_network(checkpoint, configs["inference"], network_settings(configs["inference"]), f"{name}")
+    for workflow in ("train", "inference"):
+        check_fits_network(checkpoint, configs[workflow], f"{name}/configs/{workflow}.yaml")
 
     schema_keys = set(schema_keys) if schema_keys is not None else default_schema_keys()
     output_dir.mkdir(parents=True, exist_ok=True)

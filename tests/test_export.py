@@ -312,7 +312,7 @@ def test_export_refuses_unknown_settings_foreign_checkpoints_and_missing_url(exp
     checkpoint = tmp_path / "other.pt"
     torch.save({"model": torch.nn.Linear(2, 2).state_dict()}, checkpoint)
     common = {"checkpoint": checkpoint, "inline_weights": True}
-    with pytest.raises(ValueError, match=r"other\.pt: does not fit the network DynUNet"):
+    with pytest.raises(ValueError, match=r"other\.pt: does not fit the network DeepSupervisionDynUNet"):
         export_script.export_bundle("acdc17_rrw", tmp_path / "dist", **common)
     with pytest.raises(ValueError, match="no_such_key"):
         export_script.export_bundle("acdc17_rrw", tmp_path / "dist", settings={"no_such_key": 1}, **common)

@@ -221,8 +221,7 @@ def test_rw_bundle_networks_have_nnunets_affine_instance_norm_and_export():
     assert isinstance(train_net, DeepSupervisionDynUNet)
     norms = [m for m in inference_net.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
     assert norms and all(m.affine and m.weight is not None for m in norms)
-    weights = {k: v for k, v in train_net.state_dict().items() if not k.startswith("deep_supervision_heads")}
-    inference_net.load_state_dict(weights)  # the trained scale and shift load into the inference network
+    inference_net.load_state_dict(train_net.state_dict())  # the trained scale and shift load into the inference network
     inference_net.eval()
     scripted = torch.jit.script(inference_net)
     x = torch.randn(1, 1, 64, 64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,8 +128,8 @@ def test_resumed_training_reaches_the_uninterrupted_state(uninterrupted, resumed
     # models/model.pt: the final weights (bare state dict) with the network settings, equal after the resume
     final_plain = torch.load(plain_root / "models" / "model.pt", weights_only=True)
     final_resumed = torch.load(resumed_root / "models" / "model.pt", weights_only=True)
-    assert final_plain.keys() == final_resumed.keys() and not any("deep_supervision" in key for key in final_plain)
-    for key, value in final_plain.items():  # the deployable weights: the training state's, without the heads
+    assert final_plain.keys() == final_resumed.keys() == expected["model"].keys()  # every weight, heads included
+    for key, value in final_plain.items():
         torch.testing.assert_close(value, expected["model"][key])
         torch.testing.assert_close(final_resumed[key], expected["model"][key], rtol=1e-5, atol=1e-6)
     settings = {"num_classes": 4, "in_channels": 1, "patch_size": TINY_NETWORK["patch_size"]}
@@ -148,8 +149,8 @@ def test_a_finished_run_is_not_replaced_without_resume(uninterrupted):
     assert "checkpoint.pt: already exists" in str(error_info.value.__cause__)
 
 
-def tiny_dynunet(filters: list[int]) -> DynUNet:
-    return DynUNet(2, 1, 4, [3] * 3, [1, 2, 2], [2, 2], filters=filters)
+def tiny_dynunet(filters: list[int], deep_supervision: bool = False) -> DynUNet:
+    return DynUNet(2, 1, 4, [3] * 3, [1, 2, 2], [2, 2], filters=filters, deep_supervision=deep_supervision)
 
 
 def test_a_checkpoint_of_another_network_fails_naming_the_file(tmp_path):
@@ -230,34 +231,38 @@ def test_a_damaged_training_state_under_resume_names_the_file(tmp_path):
             resumer.load(engine)
 
 
-def test_final_weights_carry_the_network_settings_and_load_without_the_heads(tmp_path):
+def test_final_weights_carry_the_heads_and_settings_and_load_strictly(tmp_path):
     torch.manual_seed(0)
-    training = DynUNet(2, 1, 4, [3] * 3, [1, 2, 2], [2, 2], filters=[4, 8, 16], deep_supervision=True)
+    training = tiny_dynunet([4, 8, 16], deep_supervision=True)
     settings = {"num_classes": 4, "in_channels": 1, "patch_size": (64, 64), "target_spacing": [1.25, 1.25, -1]}
     engine = Engine(lambda engine, batch: None)
     FinalWeightsSaver(training, tmp_path / "models" / "model.pt", settings).attach(engine)
     engine.run([0], max_epochs=1)
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    assert not any("deep_supervision_heads" in key or "super_head" in key for key in state)  # deployable: no heads
-    tiny_dynunet([4, 8, 16]).load_state_dict(state)  # strict loading into the inference network, as the zoo's tools
-    heads = {key: value.clone() for key, value in training.state_dict().items() if "super_head" in key}
-    load_network_weights(training, tmp_path / "models" / "model.pt")  # a training network starts from the file ...
-    assert all(torch.equal(training.state_dict()[key], value) for key, value in heads.items())  # ... keeping its heads
+    assert state.keys() == training.state_dict().keys()  # every weight, the heads (and their aliases) included
     expected_settings = {**settings, "patch_size": [64, 64]}
     assert read_network_settings(tmp_path / "models" / "model.pt") == expected_settings
 
-    inference = tiny_dynunet([4, 8, 16])  # built without deep supervision: no head modules
+    torch.manual_seed(1)
+    inference = tiny_dynunet([4, 8, 16], deep_supervision=True)  # as the inference configs build it
     evaluator = Engine(lambda engine, batch: None)
     NetworkWeightsLoader(tmp_path / "models" / "model.pt", inference, {"num_classes": 4}).attach(evaluator)
     evaluator.run([0], max_epochs=1)
-    for key, value in inference.state_dict().items():
-        assert torch.equal(value, training.state_dict()[key]), key
+    for key, value in training.state_dict().items():  # every weight from the file, the heads included
+        assert torch.equal(inference.state_dict()[key], value), key
 
+    headless = {key: value for key, value in state.items() if not re.search("deep_supervision_heads|super_head", key)}
+    torch.save(headless, tmp_path / "headless.pt")
+    missing_heads = r"headless\.pt: does not fit .*missing in the checkpoint: \S*(super_head|supervision_heads)"
+    with pytest.raises(ValueError, match=missing_heads):  # heads left at random would pass unnoticed: refused
+        load_network_weights(inference, tmp_path / "headless.pt")
+    with pytest.raises(ValueError, match=r"model\.pt: does not fit .*in the checkpoint, not in the network: \S*head"):
+        load_network_weights(tiny_dynunet([4, 8, 16]), tmp_path / "models" / "model.pt")  # a network without heads
     with pytest.raises(ValueError, match=r"model\.pt: .*num_classes: 4 in the checkpoint, 3 in the config"):
-        load_network_weights(tiny_dynunet([4, 8, 16]), tmp_path / "models" / "model.pt", {"num_classes": 3})
+        load_network_weights(inference, tmp_path / "models" / "model.pt", {"num_classes": 3})
     shapes = r"model\.pt: does not fit the network DynUNet \(other shapes: .* \(16, 8, 3, 3\) in the checkpoint, \(32"
     with pytest.raises(ValueError, match=shapes):
-        load_network_weights(tiny_dynunet([4, 8, 32]), tmp_path / "models" / "model.pt")
+        load_network_weights(tiny_dynunet([4, 8, 32], deep_supervision=True), tmp_path / "models" / "model.pt")
     other = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 1))
     save_network_weights(other, tmp_path / "other.pt")
     with pytest.raises(ValueError, match=r"other\.pt: does not fit .*not in the network: 0\.weight, 0\.bias"):

@@ -1,15 +1,17 @@
 """Network weights files: the final weights with the network settings they were trained with, saved and loaded.
 
-``models/model.pt`` holds the FINAL network weights as a bare state dict (what the model zoo's ``ckpt_export``,
-``monai.bundle.load`` and MONAI's ``CheckpointLoader`` read), written atomically when training completes by
-:class:`FinalWeightsSaver`. The network settings of the run (classes, input channels, filters, patch size,
-spacing, label values: the config's ``network_settings``) travel inside it in the state dict's ``_metadata``
-(PyTorch's own per-state-dict metadata, kept by ``torch.save``/``torch.load(weights_only=True)`` and ignored by
-``load_state_dict``), so the file stays loadable by every tool; :func:`read_network_settings` reads them and
-:func:`load_network_weights` refuses weights whose settings differ from the config's, naming both values.
-``models/model_pretrained.pt`` holds weights a bundle shipped with (``models/model.pt`` of a downloaded bundle),
-kept by :func:`keep_pretrained_weights` before a training run replaces ``model.pt``; the run starts from them.
-Training-only deep-supervision heads are dropped when weights are saved or loaded for inference.
+``models/model.pt`` holds the FINAL weights of the trained network as a bare state dict (what the model zoo's
+``ckpt_export``, ``monai.bundle.load`` and MONAI's ``CheckpointLoader`` read), written atomically when training
+completes by :class:`FinalWeightsSaver`. It holds every weight of the trained network, deep-supervision heads
+included, and the bundles' inference configs build the same network (eval mode returns the main output only), so
+that every tool loads it strictly and ``monai.bundle.load`` of either config gets all weights from the file. The
+network settings of the run (classes, input channels, filters, patch size, spacing, label values: the config's
+``network_settings``) travel inside it in the state dict's ``_metadata`` (PyTorch's own per-state-dict metadata,
+kept by ``torch.save``/``torch.load(weights_only=True)`` and ignored by ``load_state_dict``), so the file stays
+loadable by every tool; :func:`read_network_settings` reads them and :func:`load_network_weights` refuses weights
+whose settings differ from the config's, naming both values. ``models/model_pretrained.pt`` holds weights a bundle
+shipped with (``models/model.pt`` of a downloaded bundle), kept by :func:`keep_pretrained_weights` before a training
+run replaces ``model.pt``; the run starts from them.
 """
 
 from __future__ import annotations
@@ -31,9 +33,6 @@ from common.errors import CheckpointError
 from common.files import atomic_output
 
 NETWORK_SETTINGS_KEY = "network_settings"  # entry of the state dict's ``_metadata`` holding the network settings
-
-
-DEEP_SUPERVISION_HEADS = "deep_supervision_heads"  # submodule of the training-only heads (as MONAI's DynUNet)
 
 
 def is_main_process() -> bool:
@@ -157,10 +156,10 @@ def trained_settings(checkpoint: str | os.PathLike, defaults: Mapping[str, Any] 
 def save_network_weights(
     network: torch.nn.Module, filename: str | os.PathLike, settings: Mapping[str, Any] | None = None
 ) -> Path:
-    """Write the network's deployable state dict with its settings, atomically (readers never see a partial file).
+    """Write the network's state dict with its settings, atomically (readers never see a partial file).
 
-    Training-only deep-supervision heads are left out, so the file loads strictly into the inference network (as
-    the model zoo's ``ckpt_export`` and ``monai.bundle.load`` load it).
+    Every weight is written, deep-supervision heads included: the bundles' training and inference configs build
+    networks with the same weights (the inference network leaves the heads unused), and load the file strictly.
 
     Args:
         network: the network (``DistributedDataParallel`` unwrapped).
@@ -171,15 +170,7 @@ def save_network_weights(
         The file written.
     """
     state = unwrap_module(network).state_dict()
-    heads = {key for key in state if key.startswith(f"{DEEP_SUPERVISION_HEADS}.")}
-    head_tensors = {state[key].data_ptr() for key in heads}
-    # the deployable weights: the inference network (no training-only heads, which a module may also hold under
-    # another name as the very same tensors, as DynUNet's skip layers do) loads them strictly, as the zoo's tools do
-    saved = OrderedDict(
-        (key, value.detach().cpu())
-        for key, value in state.items()
-        if key not in heads and value.data_ptr() not in head_tensors
-    )
+    saved = OrderedDict((key, value.detach().cpu()) for key, value in state.items())
     saved._metadata = OrderedDict(getattr(state, "_metadata", {}))  # type: ignore[attr-defined]
     saved._metadata[NETWORK_SETTINGS_KEY] = _plain(dict(settings or {}))  # type: ignore[attr-defined]
     path = Path(filename)
@@ -225,10 +216,8 @@ def load_network_weights(
 ) -> torch.nn.Module:
     """Load a weights file into ``network``, checking the stored network settings first.
 
-    The only keys allowed to differ are the deep-supervision heads (``deep_supervision_heads.*``, and other names
-    of the same tensors): a training checkpoint's heads are dropped for an inference network built without them,
-    and a training network starting from deployable weights (``model.pt`` holds none) keeps its initial heads.
-    Any other difference (a key missing on either side, a tensor of another shape) is an error naming both values.
+    Strict: a key missing on either side (deep-supervision heads included: left at their initialisation they would
+    pass unnoticed) or a tensor of another shape is an error naming both values.
 
     Args:
         network: the network to load (``DistributedDataParallel`` unwrapped).
@@ -249,22 +238,8 @@ def load_network_weights(
     check_network_settings(network_settings_of(state), settings or {}, checkpoint, fix)
     target = unwrap_module(network)
     expected = target.state_dict()
-    heads = {key for key in state if key not in expected and key.startswith(f"{DEEP_SUPERVISION_HEADS}.")}
-    # a module may also register the heads elsewhere (DynUNet's skip layers hold them as `super_head`): drop the
-    # keys that the checkpoint stores as the very same tensors as dropped heads (torch.save keeps shared storage)
-    head_tensors = {state[key].data_ptr() for key in heads}
-    state = {
-        key: value
-        for key, value in state.items()
-        if key in expected or (key not in heads and value.data_ptr() not in head_tensors)
-    }
-    own_head_tensors = {
-        value.data_ptr() for key, value in expected.items() if key.startswith(f"{DEEP_SUPERVISION_HEADS}.")
-    }
-    own_heads = {key for key, value in expected.items() if value.data_ptr() in own_head_tensors}
     kinds = {
-        # a training network's heads are not in the deployable weights: they start from their initialisation
-        "missing in the checkpoint": [key for key in expected if key not in state and key not in own_heads],
+        "missing in the checkpoint": [key for key in expected if key not in state],
         "in the checkpoint, not in the network": [key for key in state if key not in expected],
         "other shapes": [
             f"{key} {tuple(state[key].shape)} in the checkpoint, {tuple(value.shape)} in the network"
@@ -282,7 +257,7 @@ def load_network_weights(
             f"{checkpoint}: does not fit the network {type(target).__name__} ({'; '.join(problems)}); weights of "
             f"another network or network settings; {fix or FIX_EVALUATION}"
         )
-    target.load_state_dict(state, strict=False)  # every key checked above; only training-only heads may be absent
+    target.load_state_dict(state)
     return network
 
 
@@ -319,8 +294,8 @@ class FinalWeightsSaver:
 class NetworkWeightsLoader:
     """Load ``model.pt`` into a network when an evaluator (or trainer) starts, via :func:`load_network_weights`.
 
-    Replaces MONAI's ``CheckpointLoader`` in the bundles: deep-supervision heads missing from the network are
-    dropped, and settings stored with the weights must match the config's (a mismatch names both values).
+    Replaces MONAI's ``CheckpointLoader`` in the bundles: settings stored with the weights must match the config's
+    (a mismatch names both values), and a network that does not fit is refused in one line naming the keys.
 
     Args:
         load_path: weights file.
