@@ -76,8 +76,6 @@ class OptionValueError(UserError, ValueError):
 _USER_OS_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
 # MONAI's reference resolver: ``ValueError("the referring item `@name` is not defined in the config content.")``
 _MISSING_REFERENCE = re.compile(r"^the referring item `@(?P<name>[^`]+)` is not defined in the config content\.?$")
-# option errors raised as plain ValueError/TypeError by code that names the option first (``--output_dir X: ...``)
-_OPTION_MESSAGE = re.compile(r"^--[A-Za-z_][\w#-]*[ :]")
 
 
 def ensure_absent(*paths: str | os.PathLike, overwrite: bool = False, fix: str | None = None) -> None:
@@ -117,7 +115,6 @@ def as_user_error(error: BaseException) -> UserError | None:
     - an ``OSError`` of a read-only folder, a missing permission or a full disk: names the file or folder.
     - MONAI's missing config reference: the config files given do not define a name (``evaluate.yaml`` run without
       ``train.yaml`` under it) or an override names one that does not exist.
-    - a ``ValueError``/``TypeError`` whose message starts with the option it is about (``--output_dir X: ...``).
     """
     if isinstance(error, UserError):
         return error
@@ -142,8 +139,6 @@ def as_user_error(error: BaseException) -> UserError | None:
                 "evaluate.yaml and multi_gpu_train.yaml run merged over train.yaml (--config_file "
                 "\"['configs/train.yaml','configs/evaluate.yaml']\"), and an override must name an existing entry"
             )
-    if type(error) in (ValueError, TypeError) and _OPTION_MESSAGE.match(str(error)):
-        return UserError(str(error))
     return None
 
 

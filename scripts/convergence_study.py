@@ -33,7 +33,6 @@ Failed runs are reported at the end (exit status 1); the others still enter the 
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import statistics
 import subprocess
@@ -44,7 +43,7 @@ from pathlib import Path
 from common.data.settings import as_bundle_flag, parse_settings
 from common.errors import ensure_absent
 from common.evaluation.plots import plot_curves, plot_ecdf
-from common.evaluation.tables import write_rows_csv
+from common.evaluation.tables import read_epoch_column, write_rows_csv
 from common.files import atomic_output
 
 METRICS_FILE = Path("eval") / "validation_metrics.csv"
@@ -71,25 +70,12 @@ class Run:
         return self.bundle.name
 
 
-def read_column(path: Path, column: str) -> tuple[list[int], list[float]]:
-    """Epochs and one column of a per-epoch CSV; raises ValueError naming the file when it is unusable."""
-    with open(path, newline="", encoding="utf-8") as stream:
-        reader = csv.DictReader(stream)
-        if column not in (reader.fieldnames or ()) or "epoch" not in (reader.fieldnames or ()):
-            raise ValueError(f"{path}: no 'epoch' and '{column}' columns")
-        rows = list(reader)
-    try:
-        return [int(row["epoch"]) for row in rows], [float(row[column]) for row in rows]
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from error
-
-
 def is_complete(run: Run, epochs: int, metric: str) -> bool:
     path = run.directory / METRICS_FILE
     if not path.exists():
         return False
     try:
-        recorded, _ = read_column(path, metric)
+        recorded, _ = read_epoch_column(path, metric)
     except ValueError:
         return False
     return bool(recorded) and recorded[-1] >= epochs
@@ -150,7 +136,7 @@ def collect(runs: list[Run], metric: str, file: Path) -> tuple[dict[Run, tuple[l
         if not path.exists():
             continue
         try:
-            curves[run] = read_column(path, metric)
+            curves[run] = read_epoch_column(path, metric)
         except (OSError, ValueError) as error:
             errors.append(str(error))
     return curves, errors

@@ -66,6 +66,7 @@ if str(REPO_ROOT) not in sys.path:  # run as `python scripts/export_bundle.py` f
     sys.path.insert(0, str(REPO_ROOT))
 
 from common.data.settings import parse_settings  # noqa: E402
+from common.errors import OptionValueError  # noqa: E402
 from common.files import atomic_output  # noqa: E402
 from common.networks.weights import (  # noqa: E402
     NETWORK_SETTINGS_KEY,
@@ -439,7 +440,9 @@ def export_bundle(
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: checkpoint not found; train the bundle or pass --checkpoint")
     if not inline_weights and not url:
-        raise ValueError("--url: where the weights will be downloadable from (large_files.yml), or --inline-weights")
+        raise OptionValueError(
+            "--url: where the weights will be downloadable from (large_files.yml), or --inline-weights"
+        )
     configs = {path.stem: yaml.safe_load(path.read_text()) for path in sorted((bundle / "configs").glob("*.yaml"))}
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
     version = str(metadata.get("version", ""))
@@ -458,7 +461,7 @@ def export_bundle(
     defined = {key for config in configs.values() for key in config}
     settings = {**{key: value for key, value in trained.items() if key in defined}, **settings}
     if missing := set(settings) - defined:
-        raise ValueError(f"--set {sorted(missing)}: not a top-level setting of {name}'s configs")
+        raise OptionValueError(f"--set {sorted(missing)}: not a top-level setting of {name}'s configs")
     for config in configs.values():
         config.update({key: value for key, value in settings.items() if key in config})
     for workflow in ("train", "inference"):

@@ -29,7 +29,7 @@ from common.evaluation.metrics import (
     hausdorff_from_masks,
     spacing_from_affine,
 )
-from common.evaluation.tables import read_results_csv, summarize, write_results_csv
+from common.evaluation.tables import read_epoch_column, read_results_csv, summarize, write_results_csv
 
 
 def random_label_map(shape: tuple[int, ...], num_classes: int, seed: int) -> np.ndarray:
@@ -319,3 +319,15 @@ def test_class_structures_names():
     assert class_structures(2, include_background=True) == {"class_0": (0,), "class_1": (1,)}
     with pytest.raises(ValueError, match="distinct class names"):
         class_structures(3, names=["RV"])
+
+
+def test_epoch_column_skips_epochs_without_validation_and_names_bad_files(tmp_path):
+    table = tmp_path / "validation_metrics.csv"
+    table.write_text("epoch,train_loss,val_mean_dice\n1,0.9,\n2,0.8,0.25\n3,0.7,\n4,0.6,0.5\n")
+    assert read_epoch_column(table, "val_mean_dice") == ([2, 4], [0.25, 0.5])
+    assert read_epoch_column(table, "train_loss") == ([1, 2, 3, 4], [0.9, 0.8, 0.7, 0.6])
+    with pytest.raises(ValueError, match=r"validation_metrics\.csv: no 'epoch' and 'val_hd' columns"):
+        read_epoch_column(table, "val_hd")
+    table.write_text("epoch,val_mean_dice\n1,0.5\n2,high\n")
+    with pytest.raises(ValueError, match=r"validation_metrics\.csv, line 3: could not convert"):
+        read_epoch_column(table, "val_mean_dice")

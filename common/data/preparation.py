@@ -38,7 +38,7 @@ from common.data.geometry import DEFAULT_SLICE_AXIS, volume_geometry
 from common.data.nifti import load_volume
 from common.data.releases import Release, ReleaseScan
 from common.data.splits import Split, add_split_arguments, make_split
-from common.errors import EXIT_USER_ERROR, OutputExistsError, UserError
+from common.errors import EXIT_USER_ERROR, OptionValueError, OutputExistsError, UserError
 from common.files import write_json_atomic
 
 
@@ -186,7 +186,7 @@ def plan_classes(
     for group in merge:
         name, separator, members = group.partition("=")
         if not separator or not name.strip() or not members.strip():
-            raise ValueError(f"--merge {group!r}: expected NAME=LABEL,LABEL,... (labels by value or name)")
+            raise OptionValueError(f"--merge {group!r}: expected NAME=LABEL,LABEL,... (labels by value or name)")
         names.append(name.strip())
         groups.append([_label_value(token, labels, source) for token in members.split(",")])
     used = [value for group in groups[1:] for value in group]

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import OptionValueError
+
 Case = dict[str, Any]
 SPLITS = ("authors", "random", "explog", "sadice")
 EXPLOG_TEST_FRACTION = 0.3
@@ -252,7 +254,7 @@ def make_split(
         return Split({"training": training, "validation": validation}, record)
     if args.split == "explog":
         if not 0 <= args.shuffle < EXPLOG_SHUFFLES:
-            raise ValueError(f"--shuffle must lie in [0, {EXPLOG_SHUFFLES}), got {args.shuffle}")
+            raise OptionValueError(f"--shuffle must lie in [0, {EXPLOG_SHUFFLES}), got {args.shuffle}")
         training, test = random_split(cases, EXPLOG_TEST_FRACTION, (args.seed, args.shuffle), stratify_key=None)
         record = {"protocol": "explog", "seed": args.seed, "shuffle": args.shuffle, "test_fraction": 0.3}
         return Split({"training": training, "validation": test}, record)

@@ -142,6 +142,31 @@ def read_results_csv(path: str | os.PathLike) -> list[StructureResult]:
     return results
 
 
+def read_epoch_column(path: str | os.PathLike, column: str) -> tuple[list[int], list[float]]:
+    """Epochs and values of one column of a per-epoch CSV such as ``eval/validation_metrics.csv``.
+
+    Rows without a value in that column (epochs that were not validated) are left out.
+
+    Raises:
+        ValueError: naming the file (and line) when the ``epoch`` or ``column`` column is missing or a value does
+            not parse.
+    """
+    with open(path, newline="", encoding="utf-8") as stream:
+        reader = csv.DictReader(stream)
+        if not {"epoch", column} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{path}: no 'epoch' and '{column}' columns")
+        epochs, values = [], []
+        for line, row in enumerate(reader, start=2):
+            if not row[column]:
+                continue
+            try:
+                epochs.append(int(row["epoch"]))
+                values.append(float(row[column]))
+            except ValueError as error:
+                raise ValueError(f"{path}, line {line}: {error}") from error
+    return epochs, values
+
+
 def _check_result(result: StructureResult) -> None:
     """Refuse values that no evaluation writes for the row's status (see `read_results_csv`)."""
     if result.status not in STATUSES:

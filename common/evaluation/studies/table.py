@@ -33,7 +33,7 @@ from common.evaluation.metrics import STATUS_ABSENT, STATUS_PRESENT
 from common.evaluation.statistics import paired_permutation_test
 from common.evaluation.studies.runs import PER_CASE_CSV, VALIDATION_CSV
 from common.evaluation.studies.spec import Study, finite
-from common.evaluation.tables import read_results_csv
+from common.evaluation.tables import read_epoch_column, read_results_csv
 from common.files import write_text_atomic
 
 TABLE_COLUMNS = ("bundle", "structure", "metric", "mean", "std", "runs", "paper", "p_value", "paper_std", "paper_mark")
@@ -312,12 +312,9 @@ def convergence_plot(study: Study, run_dirs: dict[str, list[Path]], output_dir: 
             path = directory / VALIDATION_CSV
             if not (directory / "done.json").is_file() or not path.is_file():
                 continue
-            with open(path, newline="", encoding="utf-8") as stream:
-                table = [row for row in csv.DictReader(stream) if row.get("val_mean_dice")]
-            if not table:
+            epochs, dice = read_epoch_column(path, "val_mean_dice")
+            if not epochs:
                 continue
-            epochs = [int(row["epoch"]) for row in table]
-            dice = [float(row["val_mean_dice"]) for row in table]
             label = bundle if directory.name == "run_0" else None
             axis.plot(epochs, dice, color=colours[number % len(colours)], alpha=0.7, label=label)
             plotted = True
