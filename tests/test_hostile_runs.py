@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from common.errors import (
     EXIT_USER_ERROR,
     CheckpointError,
+    OptionValueError,
     UserError,
     ensure_absent,
     error_line,
@@ -176,7 +177,7 @@ def test_evaluation_reads_filters_and_patch_size_from_the_weights(tmp_path):
         ("OSError(errno.EROFS, 'Read-only file system', '/data/out/eval')", "error: /data/out/eval: Read-only"),
         ("PermissionError(errno.EACCES, 'Permission denied', '/data/out/x.csv')", "(in the folder /data/out)"),
         (
-            "ValueError('--output_dir in: is the input folder (--dataset_dir); choose another output folder')",
+            "OptionValueError('--output_dir in: is the input folder (--dataset_dir); choose another output folder')",
             "error: --",
         ),
         (
@@ -186,7 +187,7 @@ def test_evaluation_reads_filters_and_patch_size_from_the_weights(tmp_path):
     ],
 )
 def test_errors_of_the_users_making_get_one_line_and_status_2(error, expected):
-    made = eval(error, {"errno": errno})  # noqa: S307 (test parameters)
+    made = eval(error, {"errno": errno, "OptionValueError": OptionValueError})  # noqa: S307 (test parameters)
     wrapped = RuntimeError("Failed to evaluate ConfigExpression: \n'$f()'")
     wrapped.__cause__ = made
     assert expected in error_line(wrapped) and "\n" not in error_line(wrapped)
