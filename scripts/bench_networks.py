@@ -5,7 +5,8 @@ run round-robin so that load from other processes hits all of them alike, and th
 rounds. Targets from the paper (Wong et al. 2018, Sec. 3.2): its network has about 5 M parameters (here 4.5-5.5 M
 with 1 input channel and 20 classes) against about 71 M for its V-Net, and takes about 0.4 s per 128^3 volume
 against 0.9 s (a ratio of 0.44; target here at most 0.5x MONAI's ``VNet``, which has 45.7 M parameters).
-``SAUNet`` is the SA Dice paper's network as its bundles build it (heads at 1/2 and 1/4, unused in eval mode).
+``SAUNet`` is the SA Dice paper's network as its bundles build it (heads at 1/2 and 1/4, unused in eval mode),
+beside the same network built without heads: the heads cost nothing at inference.
 
 ``--memory`` also reports what a training step of ``WongNet3D`` keeps for the backward pass (bytes of the distinct
 tensors autograd saves in one forward pass, batch 1, 20 classes), with and without its deep supervision paths:
@@ -88,6 +89,7 @@ def main() -> None:
         "WongNet3D": WongNet3D(in_channels=1, out_channels=args.classes),
         "MONAI VNet": VNet(spatial_dims=3, in_channels=1, out_channels=args.classes),
         "SAUNet": SAUNet(in_channels=1, out_channels=args.classes, deep_supervision=True),
+        "SAUNet, no heads": SAUNet(in_channels=1, out_channels=args.classes, deep_supervision=False),
     }
     networks = {name: network.to(device).eval() for name, network in networks.items()}
     counts = {name: parameter_count(network) for name, network in networks.items()}

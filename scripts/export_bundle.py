@@ -47,7 +47,6 @@ import ast
 import hashlib
 import importlib.metadata
 import json
-import os
 import re
 import shutil
 import sys
@@ -66,7 +65,7 @@ if str(REPO_ROOT) not in sys.path:  # run as `python scripts/export_bundle.py` f
     sys.path.insert(0, str(REPO_ROOT))
 
 from common.data.settings import parse_settings  # noqa: E402
-from common.errors import OptionValueError  # noqa: E402
+from common.errors import OptionValueError, OutputExistsError  # noqa: E402
 from common.files import atomic_output  # noqa: E402
 from common.networks.weights import (  # noqa: E402
     NETWORK_SETTINGS_KEY,
@@ -382,22 +381,17 @@ def write_zip(staged: Path, output: Path, overwrite: bool) -> None:
     unless ``overwrite``.
 
     Raises:
-        ValueError: a file over the zoo's 25 MB limit per file (other than inlined weights).
-        FileExistsError: ``output`` appeared meanwhile and ``overwrite`` is False.
+        OutputExistsError: ``output`` exists (also one written meanwhile) and ``overwrite`` is False; it is a
+            ``FileExistsError``.
     """
-    umask = os.umask(0)
-    os.umask(umask)
-    with atomic_output(output) as partial:
-        partial.chmod(0o666 & ~umask)  # a zip to share: the mode of a normal write, not the temporary file's 0600
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
-            for path in sorted(staged.rglob("*")):
-                if path.is_file():
-                    archive.write(path, path.relative_to(staged.parent).as_posix())
-        if not overwrite:  # a link fails if the zip exists (also one written meanwhile); the rename then keeps it
-            try:
-                output.hardlink_to(partial)
-            except FileExistsError as error:
-                raise FileExistsError(f"{output}: already exists; pass --overwrite to replace it") from error
+    try:
+        with atomic_output(output, replace=overwrite) as partial:
+            with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+                for path in sorted(staged.rglob("*")):
+                    if path.is_file():
+                        archive.write(path, path.relative_to(staged.parent).as_posix())
+    except FileExistsError as error:  # without overwrite: the zip exists (also one written meanwhile), kept
+        raise OutputExistsError(f"{output}: already exists; pass --overwrite to replace it") from error
 
 
 def export_bundle(

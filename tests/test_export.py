@@ -324,3 +324,21 @@ def test_export_refuses_unknown_settings_foreign_checkpoints_and_missing_url(exp
     with pytest.raises(ValueError, match="--url"):
         export_script.export_bundle("acdc17_rrw", tmp_path / "dist", checkpoint=tiny_checkpoint)
     assert not (tmp_path / "dist").exists() or not list((tmp_path / "dist").iterdir())
+
+
+def test_a_zip_written_meanwhile_is_kept_and_named(export_script, tmp_path):
+    staged = tmp_path / "staged" / "bundle"
+    staged.mkdir(parents=True)
+    (staged / "notes.txt").write_text("bundle file")
+    output = tmp_path / "bundle.zip"
+    output.write_text("someone else's zip")  # appears after export_bundle's own check, before the zip is done
+    with pytest.raises(FileExistsError, match=r"bundle\.zip: already exists; pass --overwrite"):
+        export_script.write_zip(staged, output, overwrite=False)
+    assert output.read_text() == "someone else's zip" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "bundle.zip",
+        "staged",
+    ]
+    export_script.write_zip(staged, output, overwrite=True)
+    with zipfile.ZipFile(output) as archive:
+        assert archive.namelist() == ["bundle/notes.txt"]
+    assert output.stat().st_mode & 0o644 == 0o644  # a normal file's mode, not the temporary file's 0600

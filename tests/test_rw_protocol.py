@@ -99,9 +99,13 @@ def test_training_network_has_native_resolution_heads_and_inference_network_the_
     inference_network.load_state_dict(train_network.state_dict())  # strictly: models/model.pt holds the heads too
     train_network.eval(), inference_network.eval()
     scripted = torch.jit.script(inference_network)
+    head_calls = []
+    for head in inference_network.deep_supervision_heads:
+        head.register_forward_hook(lambda module, inputs, output: head_calls.append(module))
     with torch.no_grad():
         torch.testing.assert_close(train_network(image), inference_network(image))
         torch.testing.assert_close(scripted(image), inference_network(image))
+    assert not head_calls  # the heads do not run in eval mode
 
 
 @pytest.mark.parametrize("data", DATASETS)
