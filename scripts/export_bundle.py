@@ -221,8 +221,8 @@ def network_settings(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_fits_network(checkpoint: Path, config: Mapping[str, Any], source: str) -> None:
-    """Build the config's ``network_def`` and load ``checkpoint`` into it (strictly; an inference network drops the
-    checkpoint's training-only heads), so that ``monai.bundle.load`` of either config gets every weight from it.
+    """Build the config's ``network_def`` and load ``checkpoint`` into it strictly (every key, heads included), so
+    that ``monai.bundle.load`` of this config gets every weight from the shipped file.
 
     Raises:
         ValueError: other network settings or weights of another network (the message names the checkpoint).

@@ -514,10 +514,8 @@ def top_level_keys(config: dict[str, Any]) -> list[Any]:
     ranks = {key: top_level_rank(key, value) for key, value in config.items()}
     order = sorted((key for key in config if ranks[key] is not None), key=lambda key: ranks[key])
     roots = {key: _root(key) for key in config}
-    readers = {
-        key: [reader for reader in config if reader != key and roots[key] in _read_roots(config[reader])]
-        for key in config
-    }
+    reads = {key: _read_roots(value) for key, value in config.items()}
+    readers = {key: [reader for reader in config if reader != key and roots[key] in reads[reader]] for key in config}
     pending = [key for key in config if ranks[key] is None]
     while pending:
         ready = [key for key in pending if not any(reader in pending for reader in readers[key])] or pending[:1]
